@@ -1,0 +1,48 @@
+# finetune: `make quickstart` sets up and runs the main job, `make test` sets up and runs every check.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup quickstart test sync-check clean-check nbtest pytest tutorials lint readme
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "finetune needs Python 3.11 or newer"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+quickstart: setup
+	$(BIN)/ft quickstart
+
+test: setup sync-check clean-check nbtest pytest tutorials lint
+	@echo "All checks passed."
+
+# Exporting the notebooks (and README) must change or add nothing: the package is in sync with nbs/.
+sync-check:
+	@PATH=$(BIN):$$PATH bash scripts/check_unchanged.sh "sync check (nbdev-export)" "finetune README.md" \
+		"nbdev-export && python scripts/make_readme.py"
+
+# nbdev-clean must change nothing: no outputs, widget state or noisy metadata in committed notebooks.
+clean-check:
+	@PATH=$(BIN):$$PATH bash scripts/check_unchanged.sh "clean check (nbdev-clean)" "nbs" "nbdev-clean"
+
+nbtest:
+	$(BIN)/nbdev-test --skip-folder-re '^tutorials$$' --do-print
+
+pytest:
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+tutorials:
+	$(BIN)/python -m pytest --nbval-lax nbs/tutorials -q -p no:cacheprovider
+
+lint:
+	$(BIN)/ruff check finetune tests scripts
+
+readme:
+	$(BIN)/python scripts/make_readme.py
