@@ -1,0 +1,208 @@
+"Models: resolving (Hub cache offline), loading, quantizing, LoRA/DoRA/full adapters and their mlx-lm compatibility."
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+
+import pytest
+
+import finetune  # noqa: F401  (loads the fast BLAS before mlx)
+from finetune.errors import ModelError
+from finetune.models import (adapter_keys, attach_adapters, count_parameters, load_adapters, load_model, lora_parameter_formula,
+                             read_adapter_config, resolve_model, save_adapters)
+import mlx.core as mx
+import mlx_lm
+from mlx.utils import tree_flatten
+
+PROMPT = "hello world, what is the capital"
+
+
+def _randomize(model, seed=0):
+    "Give every adapter non-zero weights, as training would."
+    mx.random.seed(seed)
+    for _, m in model.named_modules():
+        if "lora_b" in m: m.lora_b = 0.05 * mx.random.normal(m.lora_b.shape)
+        if type(m).__name__.startswith("DoRA"): m.m = m.m * (1 + 0.1 * mx.random.normal(m.m.shape))
+    mx.eval(model.parameters())
+
+
+def _tokens(tok): return mx.array([tok.encode(PROMPT)])
+
+
+def _max_diff(a, b): return mx.abs(a - b).max().item()
+
+
+# --- resolving -------------------------------------------------------------------------------------------------
+
+def test_hub_id_from_prefilled_cache_offline(tiny_model, tmp_path):
+    "A Hub id loads through huggingface_hub from a cache laid out as the Hub does it, with HF_HUB_OFFLINE=1."
+    rev = "1234567890abcdef1234567890abcdef12345678"
+    repo = tmp_path/"hf"/"models--test-org--tiny-llama"
+    snap = repo/"snapshots"/rev
+    snap.mkdir(parents=True)
+    for f in tiny_model.iterdir(): (snap/f.name).write_bytes(f.read_bytes())
+    (repo/"refs").mkdir()
+    (repo/"refs"/"main").write_text(rev)
+    script = textwrap.dedent("""
+        import json
+        from finetune.models import resolve_model, load_model
+        from finetune.errors import ModelError
+        p = resolve_model("test-org/tiny-llama")
+        model, tok = load_model("test-org/tiny-llama")
+        try: resolve_model("test-org/absent")
+        except ModelError as e: err = str(e)
+        print(json.dumps(dict(path=str(p), layers=len(model.layers), eos=tok.eos_token, err=err)))
+    """)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path/"hf"), "HF_HUB_OFFLINE": "1", "FINETUNE_HOME": str(tmp_path/"home")}
+    env.pop("HF_HOME", None)
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert Path(out["path"]) == snap
+    assert out["layers"] == 2 and out["eos"] == "<|im_end|>"
+    assert "Tried: a local directory" in out["err"] and "not in the Hugging Face cache" in out["err"] and "unset HF_HUB_OFFLINE" in out["err"]
+
+
+def test_tiny_name_is_the_demo_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("FINETUNE_HOME", str(tmp_path/"home"))
+    from finetune.tiny import demo_model_dir
+    assert resolve_model("tiny") == demo_model_dir() == tmp_path/"home"/"models"/"tiny"
+    model, _ = load_model("tiny")
+    assert len(model.layers) == 4
+
+
+def test_missing_and_unsupported_models(tiny_model, tmp_path):
+    with pytest.raises(ModelError) as e: load_model(str(tmp_path/"nowhere"))
+    assert "does not exist" in str(e.value) and "->" in str(e.value)  # says what was tried and what to do
+    bad = tmp_path/"bad"
+    bad.mkdir()
+    for f in tiny_model.iterdir(): (bad/f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bad/"config.json").read_text())
+    (bad/"config.json").write_text(json.dumps({**cfg, "model_type": "warp_drive"}))
+    with pytest.raises(ModelError, match="architecture 'warp_drive'"): load_model(str(bad))
+
+
+# --- counting --------------------------------------------------------------------------------------------------
+
+def test_formula_by_hand(tiny_model):
+    "hidden 64, 4 heads of 16, 2 KV heads, MLP 128: the formula's shapes, and the count of what attach_adapters adds."
+    model, _ = load_model(str(tiny_model))
+    per_block = (64+64) + (64+32) + (64+32) + (64+64) + (64+128) + (64+128) + (128+64)
+    assert lora_parameter_formula(model, rank=8) == 2 * 8 * per_block
+    attach_adapters(model, dict(fine_tune_type="lora", lora_rank=8, lora_alpha=16))
+    assert count_parameters(model)["trainable"] == 2 * 8 * per_block
+
+
+def test_lora_subset_layers_and_modules(tiny_model, tmp_path):
+    model, tok = load_model(str(tiny_model))
+    conf = dict(fine_tune_type="lora", lora_rank=4, lora_alpha=8, lora_layers=1, lora_modules=["q_proj", "v_proj"])
+    acfg = attach_adapters(model, conf)
+    assert acfg["lora_parameters"] == dict(rank=4, scale=2.0, dropout=0.0, keys=["self_attn.q_proj", "self_attn.v_proj"])
+    assert count_parameters(model)["trainable"] == 4 * (64+64) + 4 * (64+32)
+    assert type(model.layers[0].self_attn.q_proj).__name__ == "Linear"  # only the last block
+    assert type(model.layers[1].self_attn.q_proj).__name__ == "LoRALinear"
+    assert type(model.layers[1].self_attn.k_proj).__name__ == "Linear"
+    _randomize(model)
+    save_adapters(model, acfg, tmp_path/"run")
+    ref, _ = mlx_lm.load(str(tiny_model), adapter_path=str(tmp_path/"run"))
+    x = _tokens(tok)
+    assert _max_diff(ref(x), model(x)) < 1e-5
+
+
+def test_bad_module_names(tiny_model):
+    model, _ = load_model(str(tiny_model))
+    with pytest.raises(ModelError, match="Available: mlp.down_proj"): adapter_keys(model, ["attention.wq"])
+
+
+# --- round trips through mlx-lm --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_adapters_load_in_mlx_lm(tiny_model, tmp_path, kind):
+    "Modified adapters saved by us give the same logits and generations in plain mlx-lm, and through our loader."
+    model, tok = load_model(str(tiny_model))
+    formula = lora_parameter_formula(model, rank=8, fine_tune_type=kind)
+    acfg = attach_adapters(model, dict(fine_tune_type=kind, lora_rank=8, lora_alpha=16.0))
+    assert count_parameters(model)["trainable"] == formula
+    _randomize(model)
+    model.eval()
+    run = save_adapters(model, acfg, tmp_path/"run")
+    assert sorted(p.name for p in run.iterdir()) == ["adapter_config.json", "adapters.safetensors"]  # no temp files left
+    saved = read_adapter_config(run)
+    assert saved["fine_tune_type"] == kind and saved["num_layers"] == -1 and saved["lora_parameters"]["scale"] == 2.0
+    assert set(mx.load(str(run/"adapters.safetensors"))) == {k for k, _ in tree_flatten(model.trainable_parameters())}
+    x = _tokens(tok)
+    ours = model(x)
+    base, _ = load_model(str(tiny_model))
+    assert _max_diff(base(x), ours) > 1e-3
+    ref, ref_tok = mlx_lm.load(str(tiny_model), adapter_path=str(run))
+    assert _max_diff(ref(x), ours) < 1e-5
+    prompt = ref_tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True, tokenize=False)
+    assert mlx_lm.generate(ref, ref_tok, prompt, max_tokens=6) == mlx_lm.generate(model, tok, prompt, max_tokens=6)
+    again, _ = load_model(str(tiny_model), adapter_path=run)
+    assert _max_diff(again(x), ours) < 1e-5
+    assert count_parameters(again)["trainable"] == formula  # trainable again, to resume
+
+
+def test_full_fine_tune(tiny_model, tmp_path):
+    model, tok = load_model(str(tiny_model))
+    acfg = attach_adapters(model, dict(fine_tune_type="full"))
+    c = count_parameters(model)
+    assert c["trainable"] == c["total"] and acfg["lora_parameters"] is None
+    model.layers[0].mlp.up_proj.weight = model.layers[0].mlp.up_proj.weight + 0.1
+    run = save_adapters(model, acfg, tmp_path/"run")
+    x = _tokens(tok)
+    ref, _ = mlx_lm.load(str(tiny_model), adapter_path=str(run))
+    assert _max_diff(ref(x), model(x)) < 1e-5
+    base, _ = load_model(str(tiny_model))
+    assert _max_diff(base(x), model(x)) > 1e-3
+    save_adapters(model, acfg, run)  # overwrites in place
+    assert len(list(run.iterdir())) == 2
+    partial, _ = load_model(str(tiny_model))
+    attach_adapters(partial, dict(fine_tune_type="full", lora_layers=1))
+    n_block = sum(v.size for _, v in tree_flatten(partial.layers[1].parameters()))
+    assert count_parameters(partial)["trainable"] == n_block
+
+
+# --- QLoRA -----------------------------------------------------------------------------------------------------
+
+def test_qlora(tiny_model, tmp_path):
+    model, tok = load_model(str(tiny_model), quantize_bits=4, group_size=32)
+    assert type(model.layers[0].self_attn.q_proj).__name__ == "QuantizedLinear"
+    plain, _ = load_model(str(tiny_model))
+    assert count_parameters(model)["total"] == count_parameters(plain)["total"]
+    formula = lora_parameter_formula(model, rank=8)
+    assert formula == lora_parameter_formula(plain, rank=8)
+    acfg = attach_adapters(model, dict(fine_tune_type="lora", lora_rank=8, lora_alpha=16.0))
+    assert count_parameters(model)["trainable"] == formula
+    assert acfg["base_quantization"]["bits"] == 4 and acfg["base_quantization"]["group_size"] == 32
+    x = _tokens(tok)
+    _randomize(model)
+    out = model(x)
+    assert out.shape == (1, x.shape[1], tok.vocab_size) and mx.all(mx.isfinite(out)).item()
+    assert 1e-4 < _max_diff(out, plain(x))  # quantization changes the numbers
+    run = save_adapters(model, acfg, tmp_path/"run")
+    again, _ = load_model(str(tiny_model), adapter_path=run)  # re-quantizes as recorded
+    assert type(again.layers[0].self_attn.q_proj.linear).__name__ == "QuantizedLinear"
+    assert _max_diff(again(x), out) < 1e-5
+    ref, _ = mlx_lm.load(str(tiny_model), adapter_path=str(run))  # plain mlx-lm accepts them too (on the unquantized base)
+    assert mx.all(mx.isfinite(ref(x))).item()
+    with pytest.raises(ModelError, match="cannot be fully fine-tuned"):
+        attach_adapters(load_model(str(tiny_model), quantize_bits=8, group_size=32)[0], dict(fine_tune_type="full"))
+
+
+def test_qlora_from_config(tiny_model):
+    from finetune.config import TrainConfig
+    model, _ = load_model(TrainConfig(model=str(tiny_model), quantize_bits=8, quantize_group_size=64, fine_tune_type="dora", lora_rank=4))
+    assert model.layers[0].mlp.up_proj.bits == 8 and model.layers[0].mlp.up_proj.group_size == 64
+    formula = lora_parameter_formula(model, rank=4, fine_tune_type="dora")
+    attach_adapters(model, TrainConfig(model=str(tiny_model), quantize_bits=8, fine_tune_type="dora", lora_rank=4))
+    assert count_parameters(model)["trainable"] == formula
+
+
+def test_load_adapters_checks_the_base(tiny_model, tmp_path):
+    "Adapters onto a model of other shapes give a ModelError naming the tensors; a directory without weights too."
+    from finetune.tiny import make_tiny_model
+    model, _ = load_model(str(tiny_model))
+    run = save_adapters(model, attach_adapters(model, dict(fine_tune_type="lora", lora_rank=2)), tmp_path/"run")
+    other, _ = load_model(str(make_tiny_model(tmp_path/"other", hidden_size=32, n_heads=2, n_kv_heads=1, intermediate_size=64)))
+    with pytest.raises(ModelError, match="(?s)do not fit this model: .*lora_a.* more.*trained on"): load_adapters(other, run)
+    (run/"adapters.safetensors").unlink()
+    with pytest.raises(ModelError, match="No adapters.safetensors"): load_adapters(load_model(str(tiny_model))[0], run)
