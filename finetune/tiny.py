@@ -13,7 +13,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'DEMO_SPEC', 'default_corpus', 'train_tokenizer', 'make_tiny_model',
+__all__ = ['SPECIAL_TOKENS', 'CHAT_TEMPLATE', 'DEMO_SPEC', 'DEMO_VERSION', 'default_corpus', 'train_tokenizer', 'make_tiny_model',
            'llama_param_count', 'finetune_home', 'demo_model_dir']
 
 # %% ../nbs/02b_tiny.ipynb #c5112079
@@ -25,20 +25,26 @@ CHAT_TEMPLATE = (
     "{% if m['tool_calls'] %}{% for c in m['tool_calls'] %}<tool_call>{{ c | tojson }}</tool_call>{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
-# %% ../nbs/02b_tiny.ipynb #451f4ed9
+# %% ../nbs/02b_tiny.ipynb #6d6834c9
 _WORDS = ("the a an and or of to in on for with is are was be it this that you I we they he she what which who how why "
           "when where yes no not do does did can will would should could question answer user assistant system hello "
           "thanks please help model data train loss learn number word letter reverse sort add sum count list name city "
           "country capital color red green blue one two three four five six seven eight nine ten first last next before "
-          "after plus minus times equals result output input instruction response tool call function weather today").split()
+          "after plus minus times equals result output input instruction response tool call function weather today swap "
+          # nouns of the quickstart task (examples/datasets/quickstart), so the demo model's tokenizer knows them
+          "apple river stone cloud tiger music paper garden window silver forest candle rabbit ocean planet bridge yellow "
+          "winter summer dragon pencil castle orange thunder mirror camera island doctor basket jacket rocket flower butter "
+          "violin spider meadow kettle lemon harbor falcon tunnel marble cactus wizard anchor button cookie desert engine "
+          "feather glacier hammer igloo jungle koala ladder magnet nickel oyster parrot quartz saddle tomato umbrella velvet "
+          "walrus zebra").split()
 
 def default_corpus(extra=()) -> list[str]:
     "Texts to learn BPE merges from: built-in words, digits, chat markup, and `extra`."
-    lines = [" ".join(_WORDS[i:i+12]) for i in range(0, len(_WORDS), 12)]
-    lines += [" ".join(str(n) for n in range(k, k + 50)) for k in range(0, 1000, 50)]
-    lines += ["<|im_start|>user\nWhat is 2 plus 3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n",
+    words = [" ".join(_WORDS[i:i+12]) for i in range(0, len(_WORDS), 12)]
+    other = [" ".join(str(n) for n in range(k, k + 50)) for k in range(0, 1000, 50)]
+    other += ["<|im_start|>user\nWhat is 2 plus 3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n",
               "Hello! How can I help you today? Please answer the question.", "a b c d e f g h i j k l m n o p q r s t u v w x y z"]
-    return lines * 3 + list(extra)
+    return words * 20 + other * 3 + list(extra)
 
 # %% ../nbs/02b_tiny.ipynb #630c65db
 def train_tokenizer(corpus, vocab_size:int=512):
@@ -96,8 +102,9 @@ def llama_param_count(n_layers=2, hidden_size=64, n_heads=4, n_kv_heads=2, inter
     attn = hidden_size * hd * (2 * n_heads + 2 * n_kv_heads)
     return vocab_size * hidden_size + n_layers * (attn + 3 * hidden_size * intermediate_size + 2 * hidden_size) + hidden_size
 
-# %% ../nbs/02b_tiny.ipynb #8ec4d82c
+# %% ../nbs/02b_tiny.ipynb #c3ef8ef2
 DEMO_SPEC = dict(n_layers=4, hidden_size=128, n_heads=4, n_kv_heads=2, intermediate_size=256, vocab_size=1024, seed=0)
+DEMO_VERSION = 2
 
 def finetune_home() -> Path:
     "finetune's home directory for models, runs and caches (`FINETUNE_HOME`, default ~/.cache/finetune)."
@@ -105,7 +112,7 @@ def finetune_home() -> Path:
 
 def demo_model_dir() -> Path:
     "Path of the offline demo model `tiny`, building it on first use (atomically)."
-    dest = finetune_home()/"models"/"tiny"
+    dest = finetune_home()/"models"/f"tiny-v{DEMO_VERSION}"
     if (dest/"model.safetensors").exists(): return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tiny-"))
