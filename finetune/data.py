@@ -98,7 +98,7 @@ def load_rows(source, split:str|None=None):
         return ds
     raise DataError(f"'{source}' is not a data file.", hint="Give a file, a directory, or a Hub dataset id.", path=str(source))
 
-# %% ../nbs/04_data.ipynb #bbd73c4c
+# %% ../nbs/04_data.ipynb #ceb96c61
 SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val", "dev", "eval"), "test": ("test",)}
 
 def _split_file(folder:Path, split:str):
@@ -108,7 +108,9 @@ def _split_file(folder:Path, split:str):
     return None
 
 def resolve_sources(data, valid_data=None, test_data=None) -> dict:
-    "Map train/valid/test to sources, looking inside a directory for its split files."
+    "Map train/valid/test to sources (registry names resolved), looking inside a directory for its split files."
+    from finetune.registry import resolve_dataset
+    data, valid_data, test_data = (resolve_dataset(d) if isinstance(d, str) else d for d in (data, valid_data, test_data))
     out = dict(train=data, valid=valid_data, test=test_data)
     if isinstance(data, (str, Path)) and Path(data).is_dir():
         p = Path(data)

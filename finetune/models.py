@@ -57,7 +57,7 @@ def _from_hub(name:str, revision:str|None, tried:list) -> Path:
             + ("; to download from the Hub, unset HF_HUB_OFFLINE." if offline else "; for gated or private repos log in with `hf auth login`."))
     raise ModelError(f"Model '{name}' not found. Tried: " + "; ".join(tried) + ".", hint=hint, model=name, tried=tried)
 
-# %% ../nbs/03_models.ipynb #4b076ee9
+# %% ../nbs/03_models.ipynb #da12517b
 def resolve_model(name:str|Path,        # `tiny`, a local directory, a registry name, or a Hub id `org/name`
                   revision:str|None=None, # Hub branch, tag or commit
                  ) -> Path:
@@ -71,6 +71,7 @@ def resolve_model(name:str|Path,        # `tiny`, a local directory, a registry 
         raise ModelError(f"'{p}' exists but is not a model directory (no config.json).", model=name,
                          hint="Point at the folder holding config.json and model*.safetensors.")
     tried = [f"a local directory '{p}' (does not exist)"]
+    import finetune.registry  # noqa: F401  (registers the registry's resolver on first use)
     for fn in _RESOLVERS + [_home_resolver]:
         if (r := fn(name)) is not None: return Path(r)
     tried.append(f"registered names and '{finetune_home()/'models'/name}' (none)")
