@@ -163,7 +163,7 @@ def format_metrics(m:dict) -> str:
         if m.get(k) is not None: parts.append(f"{lab} {m[k]:{fmt}}")
     return "  ".join(parts)
 
-# %% ../nbs/06_callbacks.ipynb #327766ff
+# %% ../nbs/06_callbacks.ipynb #37dc2ba4
 class Progress(Callback):
     "A notebook progress bar, or text lines in a terminal; silent when disabled."
     order = 40
@@ -185,7 +185,9 @@ class Progress(Callback):
                 self.bar, self.label = W.IntProgress(value=m["step"], max=self.total or 1, description="training"), W.Label()
                 display(W.VBox([self.bar, self.label]))
             except ImportError: self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+        pc = m.get("params")
         self._say(f"training {self.total} steps" + (f", resumed at step {m['step']}" if m.get("resumed_from") else "") +
+                  (f", {pc['trainable']:,} of {pc['total']:,} parameters trainable ({pc['percent']:.2f}%)" if pc else "") +
                   f" -> {m.get('run_dir', '')}")
     def after_step(self, m):
         if not self._on(): return
