@@ -179,7 +179,6 @@ def test_cli_reference_up_to_date():
     assert (ROOT / "docs" / "cli.md").read_text() == text, "docs/cli.md is stale: run `python scripts/cli_reference.py`"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("finetune.serve") is None, reason="finetune.serve not present")
 def test_serve(work, run):
     import socket
     import time
