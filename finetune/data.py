@@ -17,9 +17,10 @@ from .config import TrainConfig
 # %% auto #0
 __all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'ROLES', 'SHAREGPT_ROLES', 'FALLBACKS', 'AUTO_FALLBACK', 'CACHE_VERSION',
            'check_json', 'load_rows', 'resolve_sources', 'load_source', 'detect_format', 'map_columns', 'normalize',
-           'render_fallback', 'has_chat_template', 'render_model', 'resolve_template', 'tokenize_example', 'Example',
-           'TokenizedDataset', 'tokenize_rows', 'data_fingerprint', 'tokenizer_fingerprint', 'cache_dir', 'save_cached',
-           'load_cached', 'tokenize_source', 'split_valid', 'PreparedData', 'prepare_data']
+           'render_fallback', 'has_chat_template', 'render_model', 'resolve_template', 'encode_text', 'eos_token',
+           'tokenize_example', 'Example', 'TokenizedDataset', 'tokenize_rows', 'data_fingerprint',
+           'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid',
+           'PreparedData', 'prepare_data']
 
 # %% ../nbs/04_data.ipynb #55285260
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -290,28 +291,29 @@ def resolve_template(tokenizer, template:str="auto", fmt:str="chat", quiet:bool=
     if not quiet: print(f"finetune: the model has no chat template; using the '{name}' template.", file=sys.stderr)
     return name
 
-# %% ../nbs/04_data.ipynb #38d58bb9
-def _encode(tokenizer, text:str):
+# %% ../nbs/04_data.ipynb #5e8552fd
+def encode_text(tokenizer, text:str):
     "Token ids and character offsets (without adding special tokens)."
     hf = _hf(tokenizer)
     enc = hf(text, add_special_tokens=False, return_offsets_mapping=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
-def _eos(tokenizer):
+def eos_token(tokenizer):
+    "The tokenizer's EOS token text and id."
     hf = _hf(tokenizer)
     return hf.eos_token or "", hf.eos_token_id
 
-# %% ../nbs/04_data.ipynb #51439986
+# %% ../nbs/04_data.ipynb #265a5b14
 def tokenize_example(ex:dict, tokenizer, template:str, train_on:str="assistant") -> tuple[list, list]:
     "(tokens, mask) of a normalized row under `template` and `train_on`."
-    eos, eos_id = _eos(tokenizer)
+    eos, eos_id = eos_token(tokenizer)
     if "text" in ex:
-        ids = _encode(tokenizer, ex["text"])[0] if ex["text"] else []
+        ids = encode_text(tokenizer, ex["text"])[0] if ex["text"] else []
         if ids and eos_id is not None and ids[-1] != eos_id: ids.append(eos_id)
         return ids, [0] + [1] * (len(ids) - 1) if ids else []
     text, spans = render_model(tokenizer, ex["messages"], ex.get("tools")) if template == "model" else \
         render_fallback(template, ex["messages"], ex.get("tools"), eos)
-    ids, offs = _encode(tokenizer, text)
+    ids, offs = encode_text(tokenizer, text)
     if train_on == "all": mask = [1] * len(ids)
     else:
         spans = spans[-1:] if train_on == "completion" else spans
