@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup quickstart test sync-check clean-check nbtest pytest tutorials lint readme
+.PHONY: setup quickstart test sync-check clean-check nbtest pytest tutorials lint readme bench
 
 setup: $(VENV)/.installed
 
@@ -46,3 +46,7 @@ lint:
 
 readme:
 	$(BIN)/python scripts/make_readme.py
+
+# The side-by-side benchmark against mlx_lm.lora (about 20 minutes on two cores; `--quick` for a minute).
+bench: setup
+	$(BIN)/python scripts/benchmark.py --out bench-results

@@ -16,7 +16,7 @@ import mlx.nn as nn
 
 # %% auto #0
 __all__ = ['pack_rows', 'plan_batches', 'num_batches', 'Batch', 'make_batch', 'iterate_batches', 'padding_stats', 'PackedMask',
-           'loss_fn', 'batch_loss']
+           'split_head', 'loss_fn', 'batch_loss']
 
 # %% ../nbs/04a_batching.ipynb #7349076d
 def pack_rows(lengths, capacity:int) -> list[list[int]]:
@@ -61,7 +61,7 @@ def num_batches(ds:TokenizedDataset, batch_size:int, max_seq_length:int, pack:bo
     "Batches in one epoch (the same for every seed and epoch)."
     return len(plan_batches(ds, batch_size, max_seq_length, pack, shuffle=False, world_size=world_size))
 
-# %% ../nbs/04a_batching.ipynb #18868d6b
+# %% ../nbs/04a_batching.ipynb #d540c3ee
 @dataclass
 class Batch:
     "Model inputs and loss targets of one step; weights are 1 where the loss counts."
@@ -72,8 +72,9 @@ class Batch:
     n_tokens: int           # trained target tokens
     n_real: int             # non-padding positions
     n_padded: int           # B * L
+    positions: mx.array|None = None # int32 [n_tokens]: flat indices of the trained targets (the loss needs logits only there)
 
-# %% ../nbs/04a_batching.ipynb #86b06bbb
+# %% ../nbs/04a_batching.ipynb #945c4662
 def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=False, pad_id:int|None=None) -> Batch:
     "Build a `Batch` from rows of example indices, padded to the longest row."
     pad = ds.pad_id if pad_id is None else pad_id
@@ -88,8 +89,9 @@ def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=Fal
     arr = lambda k, fill, dt: np.array([b[k] + [fill] * (L - len(b[k])) for b in built], dt)
     inputs, targets, weights, segs = arr(0, pad, np.int32), arr(1, pad, np.int32), arr(2, 0, np.float32), arr(3, 0, np.int32)
     n_real = int(sum(len(b[0]) for b in built))
+    pos = np.flatnonzero(weights.reshape(-1)).astype(np.int32)
     return Batch(mx.array(inputs), mx.array(targets), mx.array(weights), mx.array(segs) if pack else None,
-                 int(weights.sum()), n_real, B * L)
+                 int(weights.sum()), n_real, B * L, mx.array(pos) if len(pos) else None)
 
 # %% ../nbs/04a_batching.ipynb #437e6a5e
 def iterate_batches(ds:TokenizedDataset, batch_size:int, max_seq_length:int, pack:bool=False, shuffle:bool=True, seed:int=0,
@@ -121,15 +123,40 @@ class PackedMask:
         if window_size: m = m & (pos[:, None] < pos[None] + window_size)
         return m[:, None]
 
-# %% ../nbs/04a_batching.ipynb #2a781a83
-def loss_fn(model, inputs:mx.array, targets:mx.array, weights:mx.array, segments:mx.array|None=None):
-    "Mean cross-entropy over weighted targets and the weight total: (loss, n_tokens)."
-    if segments is None: logits = model(inputs)
-    else: logits = model(inputs, cache=[PackedMask(segments)] * len(model.layers))
-    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * weights
+# %% ../nbs/04a_batching.ipynb #6e243d0b
+def split_head(model):
+    "`(body, head)` with `head(body(x)) == model(x)`, checked once per model; None when the model is built differently."
+    cached = model.__dict__.get("_ft_split_head", False)
+    if cached is not False: return cached
+    found = None
+    body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if head is None and body is not None and hasattr(getattr(body, "embed_tokens", None), "as_linear"): head = body.embed_tokens.as_linear
+    if callable(body) and callable(head):
+        training = model.training
+        model.eval()
+        try:
+            x = mx.array([[1, 2, 3, 4, 5, 6, 7, 8]], mx.int32)
+            if mx.allclose(model(x), head(body(x)), rtol=1e-4, atol=1e-4).item(): found = (body, head)
+        except Exception: found = None
+        model.train(training)
+    object.__setattr__(model, "_ft_split_head", found)
+    return found
+
+def loss_fn(model, inputs:mx.array, targets:mx.array, weights:mx.array, segments:mx.array|None=None, positions:mx.array|None=None):
+    "Mean cross-entropy over weighted targets and the weight total: (loss, n_tokens); logits only at `positions` if given."
+    cache = None if segments is None else [PackedMask(segments)] * len(model.layers)
+    split = split_head(model) if positions is not None else None
+    if split is None:
+        logits = model(inputs) if cache is None else model(inputs, cache=cache)
+        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * weights
+    else:
+        body, head = split
+        h = body(inputs) if cache is None else body(inputs, cache=cache)
+        h = h.reshape(-1, h.shape[-1])[positions]
+        ce = nn.losses.cross_entropy(head(h).astype(mx.float32), targets.reshape(-1)[positions]) * weights.reshape(-1)[positions]
     n = weights.sum()
     return ce.sum() / mx.maximum(n, 1), n
 
 def batch_loss(model, batch:Batch):
     "Mean cross-entropy of `batch` under `model`: (loss, n_tokens), both mx scalars."
-    return loss_fn(model, batch.inputs, batch.targets, batch.weights, batch.segments)
+    return loss_fn(model, batch.inputs, batch.targets, batch.weights, batch.segments, batch.positions)

@@ -14,7 +14,7 @@ import yaml
 from .errors import ConfigError, DataError, FinetuneError, ModelError, explain
 
 # %% auto #0
-__all__ = ['app', 'runs_app', 'RUN_COLS', 'model_app', 'dataset_app', 'info', 'make_tiny', 'quickstart', 'parse_sets',
+__all__ = ['app', 'runs_app', 'RUN_COLS', 'model_app', 'dataset_app', 'info', 'make_tiny', 'quickstart', 'bench', 'parse_sets',
            'check_data_paths', 'train_cmd', 'runs_list', 'runs_show', 'runs_compare', 'runs_add', 'runs_remove',
            'evaluate', 'model_list', 'model_info', 'model_download', 'model_add', 'model_remove', 'model_quantize',
            'model_fuse', 'model_export', 'normalized_rows', 'dataset_inspect', 'dataset_validate', 'dataset_convert',
@@ -91,7 +91,18 @@ def quickstart(iters:Optional[int]=typer.Option(None, help="Training steps (defa
     from finetune.quickstart import run_quickstart
     run_quickstart(iters=iters, limit=limit, show=show, quiet=quiet)
 
-# %% ../nbs/12_cli.ipynb #b623edf0
+# %% ../nbs/12_cli.ipynb #cc55c0ae
+@app.command()
+@_friendly
+def bench(quick:bool=typer.Option(False, "--quick", help="Small model and few steps (about a minute)."),
+          out:Path=typer.Option(Path("bench-results"), help="Folder for results.json, results.md, results.png and the runs."),
+          reps:Optional[int]=typer.Option(None, help="Alternating repetitions per system."),
+          iters:Optional[int]=typer.Option(None, help="Training steps per run.")):
+    "Benchmark finetune against mlx_lm.lora (same model, data, settings); write JSON, markdown and PNG."
+    from finetune.bench import main as bench_main
+    bench_main((["--quick"] if quick else []) + ["--out", str(out)] + (["--reps", str(reps)] if reps else []) + (["--iters", str(iters)] if iters else []))
+
+# %% ../nbs/12_cli.ipynb #0b3baa36
 def parse_sets(items:list|None) -> dict:
     "`['key=value', ...]` as a dict, values read as YAML scalars/lists."
     out = {}
@@ -103,7 +114,7 @@ def parse_sets(items:list|None) -> dict:
         except yaml.YAMLError: out[k.strip()] = v
     return out
 
-# %% ../nbs/12_cli.ipynb #c20046c3
+# %% ../nbs/12_cli.ipynb #ee550b32
 def _run_dir(name:str) -> Path:
     "A run directory from a path or a run name (see `Registry.run_path`)."
     from finetune.registry import Registry
@@ -127,7 +138,7 @@ def check_data_paths(c):
             raise DataError(f"Data file '{v}' (field '{k}', from {c.sources.get(k, 'default')}) does not exist.",
                             hint="Check the path; relative paths are read from the current directory.", path=v)
 
-# %% ../nbs/12_cli.ipynb #d7e905cb
+# %% ../nbs/12_cli.ipynb #4db61be0
 @app.command("train")
 @_friendly
 def train_cmd(config:Optional[Path]=typer.Argument(None, help="A YAML config file."),
@@ -146,7 +157,7 @@ def train_cmd(config:Optional[Path]=typer.Argument(None, help="A YAML config fil
     t = train(cfg, callbacks=[Progress(enabled=not quiet)], resume=str(_run_dir(resume)) if resume else None)
     typer.echo(f"Saved to {t.run_dir} after {t.step} steps" + (f" (stopped: {t.stopped})" if t.stopped else "") + ".")
 
-# %% ../nbs/12_cli.ipynb #5ff003b6
+# %% ../nbs/12_cli.ipynb #163ef8bd
 runs_app = typer.Typer(help="List, show and compare training runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 RUN_COLS = ["name", "model", "fine_tune_type", "steps", "train_loss", "best_val_loss", "created"]
@@ -195,7 +206,7 @@ def runs_remove(name:str=typer.Argument(..., help="A catalogued run name.")):
     from finetune.registry import Registry
     Registry().remove_run(name); typer.echo(f"Removed run {name} from the catalogue")
 
-# %% ../nbs/12_cli.ipynb #ee9fa034
+# %% ../nbs/12_cli.ipynb #3f639a4a
 def _held_out(run:Path) -> str|None:
     "The run's test (else valid) file when its config names none but its `data` is a folder with split files."
     from finetune.data import resolve_sources
@@ -223,7 +234,7 @@ def evaluate(run:str=typer.Argument(..., help="A run name or directory."),
     _show([{"model": n, **cmp.summary[n]} for n in cmp.names], False)
     typer.echo(f"\nSaved to {p/'evaluation.json'}")
 
-# %% ../nbs/12_cli.ipynb #47f8ddca
+# %% ../nbs/12_cli.ipynb #18327d72
 model_app = typer.Typer(help="Models: list, inspect, download, register, quantize, fuse and export.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(model_app, name="models", hidden=True)
@@ -284,7 +295,7 @@ def model_remove(name:str=typer.Argument(..., help="A registered model name.")):
     from finetune.registry import Registry
     Registry().remove_model(name); typer.echo(f"Removed model {name}")
 
-# %% ../nbs/12_cli.ipynb #d97afc65
+# %% ../nbs/12_cli.ipynb #871cbea0
 def _out_dir(out:Path, force:bool):
     "Refuse to write into a non-empty `out` unless `force`."
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -344,7 +355,7 @@ def model_export(run:str=typer.Argument(..., help="A run name or directory with 
     typer.echo(f"Exported {to} to {res}")
     if push: typer.echo(f"Uploaded to {push_to_hub(res if Path(res).is_dir() else Path(res).parent, push)}")
 
-# %% ../nbs/12_cli.ipynb #e17af3d6
+# %% ../nbs/12_cli.ipynb #bda83a69
 dataset_app = typer.Typer(help="Datasets: inspect, validate, convert, split and register.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(dataset_app, name="datasets", hidden=True)
@@ -373,7 +384,7 @@ def _write_jsonl(rows:list, path:Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
-# %% ../nbs/12_cli.ipynb #ad64ad58
+# %% ../nbs/12_cli.ipynb #63a0ab42
 @dataset_app.command("inspect")
 @_friendly
 def dataset_inspect(data:str=typer.Argument(..., help="A data file, folder or registered dataset."),
@@ -414,7 +425,7 @@ def dataset_convert(data:str=typer.Argument(..., help="A data file or registered
     _write_jsonl(rows, out)
     typer.echo(f"Wrote {len(rows)} {fmt} rows as {'text' if fmt == 'text' else 'chat'} to {out}")
 
-# %% ../nbs/12_cli.ipynb #8abb41ec
+# %% ../nbs/12_cli.ipynb #9f7e88d6
 def split_rows(rows:list, valid:float=0.1, test:float=0.0, seed:int=0) -> dict:
     "Shuffle `rows` with `seed` and cut them into train/valid/test by fraction (at least one row where a fraction is > 0)."
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
@@ -426,7 +437,7 @@ def split_rows(rows:list, valid:float=0.1, test:float=0.0, seed:int=0) -> dict:
     if test > 0: out["test"] = rows[nv:nv+nt]
     return out
 
-# %% ../nbs/12_cli.ipynb #15048051
+# %% ../nbs/12_cli.ipynb #17db4503
 @dataset_app.command("split")
 @_friendly
 def dataset_split(data:str=typer.Argument(..., help="A data file or registered dataset."),
@@ -463,7 +474,7 @@ def dataset_remove(name:str=typer.Argument(..., help="A registered dataset name.
     from finetune.registry import Registry
     Registry().remove_dataset(name); typer.echo(f"Removed dataset {name}")
 
-# %% ../nbs/12_cli.ipynb #69077da8
+# %% ../nbs/12_cli.ipynb #3dc692d5
 @app.command()
 @_friendly
 def serve(model:str=typer.Option("tiny", help="A model name, directory or Hub id."),
