@@ -39,7 +39,7 @@ def _ylim(ys, lim, low_room:float=0.25, high_room:float=0.25):
     span = max(hi - lo, 1e-3)
     return (max(0.0, lo - low_room * span), hi + high_room * span)
 
-# %% ../nbs/07_widgets_liveplot.ipynb #212aae9f
+# %% ../nbs/07_widgets_liveplot.ipynb #a30a7ae2
 class LivePlot(Callback):
     "Redraw loss (train, validation) and memory (active, peak GB) at most every `every` steps and `seconds` seconds."
     order = 45
@@ -51,7 +51,7 @@ class LivePlot(Callback):
                  dpi:int=72):               # Resolution of the image
         assert mode in ("auto", "display", "widget", "png", "text", "off"), mode
         self.every, self.seconds, self.mode, self.target, self.file, self.dpi = every, seconds, mode, target, file, dpi
-        self.handle, self.fig, self.draws, self.png = None, None, 0, None
+        self.handle, self.fig, self.draws, self.full_draws, self.png = None, None, 0, 0, None
     def _mode(self) -> str:
         if self.mode != "auto": return self.mode
         return "display" if in_notebook() else "text"
@@ -83,7 +83,7 @@ def _due(self) -> bool:
 LivePlot._reset, LivePlot.due = _reset, _due
 LivePlot.before_fit, LivePlot.after_step, LivePlot.after_eval, LivePlot.after_fit = _before_fit, _after_step, _after_eval, _after_fit
 
-# %% ../nbs/07_widgets_liveplot.ipynb #46ced89a
+# %% ../nbs/07_widgets_liveplot.ipynb #60353c62
 def _render(self) -> bytes:
     "The current plot as PNG bytes: lines blitted over a cached background, redrawn in full only when a y-range grows."
     from PIL import Image
@@ -93,11 +93,13 @@ def _render(self) -> bytes:
     L["active"].set_data([p[0] for p in self.mem], [p[1] or 0 for p in self.mem])
     L["peak"].set_data([p[0] for p in self.mem], [p[2] for p in self.mem])
     L["label"].set_text(f"step {self.step}/{self.total}")
-    new = {ax: _ylim([p[1] for p in self.train + self.val], ax.get_ylim()), mem: _ylim([0.0] + [p[1] for p in self.mem] + [p[2] for p in self.mem], mem.get_ylim(), 0, 0.3)}
+    new = {ax: _ylim([0.0] + [p[1] for p in self.train + self.val], ax.get_ylim(), 0, 0.25),
+           mem: _ylim([0.0] + [p[1] for p in self.mem] + [p[2] for p in self.mem], mem.get_ylim(), 0, 0.5)}
     for a, lim in new.items():
         if lim is not None: a.set_ylim(*lim)
     c = self.fig.canvas
-    if self.bg is None or any(v is not None for v in new.values()): c.draw(); self.bg = c.copy_from_bbox(self.fig.bbox)
+    if self.bg is None or any(v is not None for v in new.values()):
+        c.draw(); self.bg = c.copy_from_bbox(self.fig.bbox); self.full_draws += 1
     else: c.restore_region(self.bg)
     for k, a in L.items(): (self.fig if k == "label" else a.axes).draw_artist(a)
     buf = io.BytesIO(); Image.fromarray(np.asarray(c.buffer_rgba())).save(buf, format="png", compress_level=1)
@@ -127,7 +129,7 @@ def _draw(self):
 
 LivePlot._render, LivePlot.text, LivePlot.draw = _render, _text, _draw
 
-# %% ../nbs/07_widgets_liveplot.ipynb #a5871635
+# %% ../nbs/07_widgets_liveplot.ipynb #172e253b
 def _timed_fit(config, data, callbacks) -> tuple[float, int]:
     "Wall seconds and trained tokens of one run."
     from finetune.train import Trainer
