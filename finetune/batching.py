@@ -123,24 +123,28 @@ class PackedMask:
         if window_size: m = m & (pos[:, None] < pos[None] + window_size)
         return m[:, None]
 
-# %% ../nbs/04a_batching.ipynb #6e243d0b
-def split_head(model):
-    "`(body, head)` with `head(body(x)) == model(x)`, checked once per model; None when the model is built differently."
-    cached = model.__dict__.get("_ft_split_head", False)
-    if cached is not False: return cached
-    found = None
+# %% ../nbs/04a_batching.ipynb #b070e658
+def _body_head(model):
+    "The model's body and output layer (`lm_head`, or the tied embedding), looked up now; (None, None) if missing."
     body, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     if head is None and body is not None and hasattr(getattr(body, "embed_tokens", None), "as_linear"): head = body.embed_tokens.as_linear
-    if callable(body) and callable(head):
+    return (body, head) if callable(body) and callable(head) else (None, None)
+
+def split_head(model):
+    "`(body, head)` with `head(body(x)) == model(x)` (the check runs once per model); None when the model is built differently."
+    ok = model.__dict__.get("_ft_split_head")
+    body, head = _body_head(model)
+    if body is None: return None
+    if ok is None:
         training = model.training
         model.eval()
         try:
             x = mx.array([[1, 2, 3, 4, 5, 6, 7, 8]], mx.int32)
-            if mx.allclose(model(x), head(body(x)), rtol=1e-4, atol=1e-4).item(): found = (body, head)
-        except Exception: found = None
+            ok = bool(mx.allclose(model(x), head(body(x)), rtol=1e-4, atol=1e-4).item())
+        except Exception: ok = False  # any other calling convention: use the full logits
         model.train(training)
-    object.__setattr__(model, "_ft_split_head", found)
-    return found
+        object.__setattr__(model, "_ft_split_head", ok)
+    return (body, head) if ok else None
 
 def loss_fn(model, inputs:mx.array, targets:mx.array, weights:mx.array, segments:mx.array|None=None, positions:mx.array|None=None):
     "Mean cross-entropy over weighted targets and the weight total: (loss, n_tokens); logits only at `positions` if given."
