@@ -86,8 +86,8 @@ def plot_history(history:dict, title:str|None=None):
 def save_plot(history:dict, path, title:str|None=None) -> Path:
     "Write the loss/memory figure of `history` to `path` (PNG), atomically."
     path = Path(path); tmp = path.with_name(path.name + ".tmp.png")
-    plot_history(history, title).savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    try: plot_history(history, title).savefig(tmp, dpi=90); os.replace(tmp, path)
+    except BaseException: tmp.unlink(missing_ok=True); raise  # a full disk leaves no half-written file
     return path
 
 # %% ../nbs/06_callbacks.ipynb #a1a8f44d
@@ -105,16 +105,21 @@ class MetricsLogger(Callback):
         p.parent.mkdir(parents=True, exist_ok=True)
         if m.get("resumed_from") is None: p.write_text("", encoding="utf-8"); return
         keep = [l for l in (p.read_text(encoding="utf-8").splitlines() if p.exists() else [])
-                if l.strip() and json.loads(l).get("step", 0) <= m["step"]]
+                if (r := _record(l)) is not None and r.get("step", 0) <= m["step"]]
         p.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
     def after_step(self, m): self._write("train", m)
     def after_eval(self, m): self._write("val", m)
     def after_save(self, m): self._write("save", m)
     def after_fit(self, m): self._write("fit", m)
 
+def _record(line:str) -> dict|None:
+    "One metrics.jsonl line as a dict; None for a blank line or one cut short (by a crash or a full disk)."
+    try: return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError: return None
+
 def read_metrics(path) -> list[dict]:
-    "The records of a metrics.jsonl file."
-    return [json.loads(l) for l in Path(path).read_text(encoding="utf-8").splitlines() if l.strip()]
+    "The records of a metrics.jsonl file (a torn line is skipped)."
+    return [r for l in Path(path).read_text(encoding="utf-8").splitlines() if (r := _record(l)) is not None]
 
 # %% ../nbs/06_callbacks.ipynb #b68d6ae2
 class EarlyStopping(Callback):

@@ -6,14 +6,15 @@ Docs: https://finetune-dev.github.io/finetune/train_checkpoint.html.md"""
 
 # %% ../nbs/05_train_checkpoint.ipynb #d626357f
 from __future__ import annotations
-import json, os, re, shutil, tempfile, time
+import errno, json, os, re, shutil, tempfile, time
+from contextlib import contextmanager
 from pathlib import Path
 from .errors import TrainingError
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 # %% auto #0
-__all__ = ['CKPT_RE', 'save_checkpoint', 'list_checkpoints', 'prune_checkpoints', 'find_checkpoint', 'run_dir_of',
+__all__ = ['CKPT_RE', 'disk_errors', 'save_checkpoint', 'list_checkpoints', 'prune_checkpoints', 'find_checkpoint', 'run_dir_of',
            'load_checkpoint']
 
 # %% ../nbs/05_train_checkpoint.ipynb #beb84e7f
@@ -32,6 +33,27 @@ def _clean_tmp(root:Path):
     "Remove temporary directories left by interrupted saves."
     for p in root.glob(".tmp-step_*"): shutil.rmtree(p, ignore_errors=True)
 
+@contextmanager
+def disk_errors(path, what:str="checkpoint"):
+    "Turn a full disk (ENOSPC, EDQUOT) while writing `path` into a `TrainingError` that names it and says what to do."
+    try: yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+        raise TrainingError(f"The disk is full (errno {errno.errorcode[e.errno]}): could not write the {what} '{path}'.", path=str(path),
+                            hint="Free some space on that disk (or set output_dir to another one), then resume the run "
+                                 "(`ft train --resume RUN`, `fit(resume=True)`): the last complete checkpoint is intact.") from e
+
+# %% ../nbs/05_train_checkpoint.ipynb #42ed00c1
+def _write_checkpoint(tmp:Path, step:int, state:dict, write_adapters, optimizer, config, rng:bool):
+    "Write every file of a checkpoint into `tmp`, `state.json` last."
+    if write_adapters is not None: write_adapters(tmp)
+    arrays = dict(tree_flatten(optimizer.state)) if optimizer is not None else {}
+    if rng: arrays["__rng_key__"] = mx.array(mx.random.state[0])
+    mx.save_safetensors(str(tmp/"optimizer.safetensors"), arrays)
+    _pause_hook(step)
+    if config is not None: config.to_yaml(tmp/"config.yaml")
+    (tmp/"state.json").write_text(json.dumps({"step": step, **state}, default=float), encoding="utf-8")
+
 # %% ../nbs/05_train_checkpoint.ipynb #d2d5e16f
 def save_checkpoint(root,                 # The checkpoints directory (created)
                     step:int,             # Optimizer steps done
@@ -41,17 +63,14 @@ def save_checkpoint(root,                 # The checkpoints directory (created)
                     config=None,          # A TrainConfig to save as config.yaml
                     rng:bool=True) -> Path: # Save the current `mx.random.state` key too
     "Write a complete checkpoint for `step` under `root` atomically; return its directory."
-    root = Path(root); root.mkdir(parents=True, exist_ok=True)
-    _clean_tmp(root)
-    final = root/f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:07d}-"))
-    if write_adapters is not None: write_adapters(tmp)
-    arrays = dict(tree_flatten(optimizer.state)) if optimizer is not None else {}
-    if rng: arrays["__rng_key__"] = mx.array(mx.random.state[0])
-    mx.save_safetensors(str(tmp/"optimizer.safetensors"), arrays)
-    _pause_hook(step)
-    if config is not None: config.to_yaml(tmp/"config.yaml")
-    (tmp/"state.json").write_text(json.dumps({"step": step, **state}, default=float), encoding="utf-8")
+    root = Path(root); final = root/f"step_{step:07d}"
+    with disk_errors(final):
+        root.mkdir(parents=True, exist_ok=True); _clean_tmp(root)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step_{step:07d}-"))
+        try: _write_checkpoint(tmp, step, state, write_adapters, optimizer, config, rng)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves nothing behind and frees what it took
+            raise
     if final.exists():  # re-saving a step (after a resume): move the old one aside first
         old = root/f".tmp-step_{step:07d}-old"; os.rename(final, old); os.rename(tmp, final); shutil.rmtree(old, ignore_errors=True)
     else: os.rename(tmp, final)

@@ -215,13 +215,17 @@ TrainConfig.to_yaml, TrainConfig.from_yaml = _to_yaml, _from_yaml
 
 # %% ../nbs/00_config.ipynb #c26743ff
 def configs_dir() -> Path:
-    "The directory holding default.yaml, profiles/ and models/ (FINETUNE_CONFIGS overrides it)."
-    if p := os.environ.get("FINETUNE_CONFIGS"): return Path(p)
+    "The folder of default.yaml, profiles/ and models/: FINETUNE_CONFIGS, else the installed package's, else the checkout's."
+    if p := os.environ.get("FINETUNE_CONFIGS"):
+        if not (Path(p)/"default.yaml").is_file():
+            raise ConfigError(f"FINETUNE_CONFIGS='{p}' has no default.yaml.", hint="Point it at a folder like the repository's configs/, or unset it.", path=p)
+        return Path(p)
     import finetune
     here = Path(finetune.__file__).resolve().parent
-    for cand in (here/"configs", here.parent/"configs"):
-        if (cand/"profiles").is_dir(): return cand
-    raise ConfigError("Cannot find finetune's configs directory.", hint="Set FINETUNE_CONFIGS to the repository's configs/ folder.")
+    cands = (here/"configs", here.parent/"configs")  # a wheel ships configs/ inside the package; a checkout has it beside
+    if found := next((c for c in cands if (c/"default.yaml").is_file()), None): return found
+    raise ConfigError(f"Cannot find finetune's configs directory (looked in {', '.join(map(str, cands))}).",
+                      hint="Reinstall finetune (its wheel ships configs/), or set FINETUNE_CONFIGS to the repository's configs/ folder.")
 
 def list_profiles() -> list[str]: return sorted(p.stem for p in (configs_dir()/"profiles").glob("*.yaml"))
 def list_presets() -> list[str]: return sorted(p.stem for p in (configs_dir()/"models").glob("*.yaml"))

@@ -25,9 +25,15 @@ __all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'ROLES', 'SHAREGPT_ROLES', 'FAL
 # %% ../nbs/04_data.ipynb #55285260
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
 
+_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark that Windows tools (Notepad, Excel's "CSV UTF-8") write first
+
+def _has_bom(path:Path) -> bool:
+    "Whether the file starts with a UTF-8 byte-order mark."
+    with open(path, "rb") as f: return f.read(3) == _BOM
+
 def _read_text(path:Path) -> str:
-    "The file's text as UTF-8, or a `DataError` naming the line with the bad bytes."
-    raw = path.read_bytes()
+    "The file's text as UTF-8 (without a leading byte-order mark), or a `DataError` naming the line with the bad bytes."
+    raw = path.read_bytes().removeprefix(_BOM)
     try: return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
@@ -75,6 +81,7 @@ def _load_file(path:Path):
     elif ext == ".tsv": kw["delimiter"] = "\t"
     elif ext in (".csv", ".txt"): _read_text(path)
     if kw.get("field") is None: kw.pop("field", None)
+    if ext != ".parquet" and _has_bom(path): kw["encoding"] = "utf-8-sig"  # read past the byte-order mark
     datasets.disable_progress_bars()
     try: return datasets.load_dataset(BUILDERS[ext], data_files=str(path), split="train", cache_dir=_hf_cache(), **kw)
     except Exception as e:

@@ -6,7 +6,7 @@ Docs: https://finetune-dev.github.io/finetune/serve.html.md"""
 
 # %% ../nbs/13_serve.ipynb #9339524e
 from __future__ import annotations
-import asyncio, ipaddress, json, queue, threading, time, uuid
+import asyncio, ipaddress, json, os, queue, threading, time, uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 # %% auto #0
-__all__ = ['ROLES', 'TERMINAL', 'APIError', 'is_loopback', 'check_bind', 'RateLimiter', 'parse_json', 'sampling_args',
+__all__ = ['ROLES', 'TERMINAL', 'HOLD_ENV', 'APIError', 'is_loopback', 'check_bind', 'RateLimiter', 'parse_json', 'sampling_args',
            'chat_messages', 'completion_prompt', 'ModelPool', 'complete', 'stream_events', 'chat_response',
-           'completion_response', 'stream_chunk', 'sse', 'Job', 'JobEvents', 'job_config', 'JobQueue', 'create_app',
-           'run_server']
+           'completion_response', 'stream_chunk', 'sse', 'Job', 'JobEvents', 'HoldAfterStep', 'job_callbacks',
+           'job_config', 'JobQueue', 'create_app', 'run_server']
 
 # %% ../nbs/13_serve.ipynb #5adde552
 class APIError(Exception):
@@ -255,6 +255,19 @@ class JobEvents(Callback):
         if event == "before_fit": self.job.run_dir = metrics.get("run_dir")
         if event not in ("before_epoch", "before_step", "after_epoch"): self.job.add(event, **metrics)
 
+HOLD_ENV = "FINETUNE_JOB_HOLD"
+
+class HoldAfterStep(Callback):
+    "Test hook: after each step, wait while the file `path` exists, until the run is asked to stop."
+    order = 60  # after JobEvents has recorded the step
+    def __init__(self, path): self.path = Path(path)
+    def after_step(self, m):
+        while self.path.exists() and not self.trainer.stop_requested: time.sleep(0.02)
+
+def job_callbacks(job:Job) -> list:
+    "A job's callbacks: `JobEvents`, and `HoldAfterStep` when FINETUNE_JOB_HOLD names a file."
+    return [JobEvents(job)] + ([HoldAfterStep(os.environ[HOLD_ENV])] if os.environ.get(HOLD_ENV) else [])
+
 # %% ../nbs/13_serve.ipynb #499425fd
 def job_config(d) -> dict:
     "A checked training config for a job (a dict of `TrainConfig` fields; output_dir defaults to FINETUNE_HOME/runs)."
@@ -289,7 +302,7 @@ def _run(self, job:Job):
         if job.cancel_requested: return
         job.status = "running"; job.add("status", status="running")
         try:
-            t = job.trainer = Trainer(load_config(**job.config), callbacks=[JobEvents(job)])
+            t = job.trainer = Trainer(load_config(**job.config), callbacks=job_callbacks(job))
             if job.cancel_requested: t.stop()
             t.fit()
             job.status = "cancelled" if t.stopped else "succeeded"

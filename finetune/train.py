@@ -14,7 +14,8 @@ from .config import TrainConfig, load_config
 from .device import GB, memory
 from .callbacks import (CancelEpochException, CancelFitException, CancelStepException, Recorder, default_callbacks,
                                 merge_callbacks, run_callbacks, save_plot)
-from .checkpoint import find_checkpoint, load_checkpoint, prune_checkpoints, run_dir_of, save_checkpoint
+from .checkpoint import (disk_errors, find_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, run_dir_of,
+                                 save_checkpoint)
 from .models import attach_adapters, count_parameters, load_model, save_adapters
 from .data import prepare_data
 from .batching import batch_loss, iterate_batches, num_batches, split_head
@@ -211,6 +212,11 @@ class Trainer:
         "Ask the run to end at the next step boundary (thread-safe); a checkpoint is saved."
         self._stop.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        "Whether `stop` was called (the run ends at the next step boundary)."
+        return self._stop.is_set()
+
 # %% ../nbs/05_train.ipynb #3f374e95
 def _n_batches(self) -> int:
     "Global batches per epoch."
@@ -235,6 +241,7 @@ Trainer._n_batches, Trainer._plan = _n_batches, _plan
 def _setup(self, resume=None):
     "Optimizer, compiled step and (on resume) the restored state."
     c, m = self.config, self.model
+    if not resume: self._check_fresh()
     self.optimizer = make_optimizer(c, self.total_steps)
     self.optimizer.init(m.trainable_parameters())
     self.step = self.epoch = self.batch = self.trained_tokens = 0
@@ -249,6 +256,13 @@ def _setup(self, resume=None):
     self._state = [m.state, self.optimizer.state, mx.random.state]
     self._micro, self._update = make_step(m, self.optimizer, batch_loss, c.max_grad_norm, self.world_size > 1)
 
+def _check_fresh(self):
+    "Refuse to start a new run in a folder holding another run's checkpoints."
+    if ck := list_checkpoints(self.run_dir/"checkpoints"):
+        raise TrainingError(f"The run folder '{self.run_dir}' already holds another run's checkpoints (the newest: {ck[-1].name}).",
+                            hint="Resume that run (resume=True, `ft train --resume NAME`), set another run_name, or delete the folder.",
+                            path=str(self.run_dir))
+
 def _restore(self, ck:Path):
     "Load a checkpoint into the model, optimizer and counters."
     d = load_checkpoint(ck)
@@ -261,7 +275,7 @@ def _restore(self, ck:Path):
     self._last_save = self.step
     mx.eval(self.model.parameters(), self.optimizer.state)
 
-Trainer._setup, Trainer._restore = _setup, _restore
+Trainer._setup, Trainer._check_fresh, Trainer._restore = _setup, _check_fresh, _restore
 
 # %% ../nbs/05_train.ipynb #9f775aeb
 def _with_events(self, f, name:str, exc):
@@ -274,7 +288,8 @@ def _with_events(self, f, name:str, exc):
 def fit(self, resume=None) -> dict:
     "Train (or resume) to the end; return the history."
     self._setup(resume)
-    if self.rank == 0: self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.run_dir/"config.yaml")
+    if self.rank == 0:
+        with disk_errors(self.run_dir/"config.yaml", "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.run_dir/"config.yaml")
     self("before_fit", total_steps=self.total_steps, run_dir=str(self.run_dir), resumed_from=self.resumed_from, history=self.history_at_start,
          params=count_parameters(self.model))
     try:
@@ -364,7 +379,7 @@ def save(self) -> Path|None:
     root = self.run_dir/"checkpoints"
     ck = save_checkpoint(root, self.step, state, self.save_adapters, self.optimizer, self.config)
     prune_checkpoints(root, self.config.keep_checkpoints)
-    self.save_adapters(self.run_dir)
+    with disk_errors(self.run_dir/"adapters.safetensors", "adapters"): self.save_adapters(self.run_dir)
     self("after_save", path=str(ck))
     return ck
 
@@ -372,7 +387,8 @@ def _finish(self):
     "The end of every run: last validation, checkpoint, adapters and plot."
     if not self.stopped and self._last_eval != self.step: self.evaluate()
     if self._last_save != self.step: self.save()
-    if self.rank == 0: save_plot(self.history, self.run_dir/"training.png", title=self.run_dir.name)
+    if self.rank != 0: return
+    with disk_errors(self.run_dir/"training.png", "plot"): save_plot(self.history, self.run_dir/"training.png", title=self.run_dir.name)
 
 Trainer.save_adapters, Trainer.save, Trainer._finish = save_adapters_to, save, _finish
 

@@ -215,9 +215,10 @@ ModelPicker.check = _check_model
 DATA_EXTS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
 def examples_dir() -> Path|None:
-    "The repository's examples/datasets folder (searched from the working directory up, then beside the package)."
+    "The examples/datasets folder: from the working directory up, then beside the package (a checkout), then in it (a wheel)."
     import finetune
-    for d in [Path.cwd(), *Path.cwd().parents, Path(finetune.__file__).resolve().parent.parent]:
+    here = Path(finetune.__file__).resolve().parent
+    for d in [Path.cwd(), *Path.cwd().parents, here.parent, here]:
         if (d/"examples"/"datasets").is_dir(): return d/"examples"/"datasets"
     return None
 

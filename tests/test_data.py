@@ -63,6 +63,26 @@ def test_file_sources(tmp_path, tok, kind, ext):
     assert trained_text(tok, pd.train[2]) == "3<|im_end|>"
 
 
+@pytest.mark.parametrize("kind,ext", [("jsonl", "jsonl"), ("json", "json"), ("json-object", "json"), ("csv", "csv"), ("tsv", "tsv")])
+def test_utf8_bom_is_accepted(tmp_path, tok, kind, ext):
+    "Windows tools (Notepad, Excel's 'CSV UTF-8') start a file with a byte-order mark: it reads like the same file without one."
+    f = write(tmp_path/f"data.{ext}", rows(), kind)
+    f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    pd = prepare_data(cfg(str(f)), tok)
+    assert (len(pd.train), pd.format, pd.train_on) == (4, "completion", "completion")
+    assert trained_text(tok, pd.train[2]) == "3<|im_end|>"
+    assert "\ufeff" not in tok.decode(pd.train[0].tokens)
+
+
+def test_utf8_bom_text_and_chat(tmp_path, tok):
+    (tmp_path/"corpus.txt").write_bytes(b"\xef\xbb\xbf" + "the first line\nthe second line\n".encode())
+    pd = prepare_data(cfg(str(tmp_path/"corpus.txt")), tok)
+    assert tok.decode(pd.train[0].tokens).startswith("the first line")
+    (tmp_path/"chat.jsonl").write_text("\ufeff" + json.dumps(CHAT) + "\n", encoding="utf-8")
+    pd = prepare_data(cfg(str(tmp_path/"chat.jsonl")), tok)
+    assert pd.format == "chat" and trained_text(tok, pd.train[0]) == "5<|im_end|>8<|im_end|>"
+
+
 def test_txt_source(tmp_path, tok):
     (tmp_path/"corpus.txt").write_text("the first line\nthe second line\n")
     pd = prepare_data(cfg(str(tmp_path/"corpus.txt")), tok)

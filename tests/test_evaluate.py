@@ -28,16 +28,17 @@ def test_trained_run(tmp_path, monkeypatch):
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Paris"}]} for q in qs]
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
+    # Memorise one answer: seeded, and a step size at which every seed tried (16) converges, so rounding cannot flip it.
     t = train(TrainConfig(model=str(tiny), data=str(data), valid_data=str(data), test_data=str(data), iters=40, batch_size=3,
-              learning_rate=3e-3, lora_rank=8, lora_alpha=32.0, eval_every=1000, save_every=1000, output_dir=str(tmp_path / "runs"),
-              run_name="r", log_every=1000))
+              learning_rate=2e-3, lora_rank=8, lora_alpha=16.0, eval_every=1000, save_every=1000, output_dir=str(tmp_path / "runs"),
+              run_name="r", log_every=1000, seed=0))
     run = t.run_dir
     ev = evaluate_run(run, max_tokens=4)
     assert (run / "evaluation.json").exists()
     saved = Comparison.load(run / "evaluation.json")
     assert saved.summary == json.loads(json.dumps(ev.summary))
-    assert ev.summary["tuned"]["loss"] < ev.summary["base"]["loss"]
-    assert ev.summary["tuned"]["exact_match"] > ev.summary["base"]["exact_match"]
+    assert ev.summary["tuned"]["loss"] < ev.summary["base"]["loss"] / 4, ev.summary  # ~0.26 against ~6.4
+    assert (ev.summary["base"]["exact_match"], ev.summary["tuned"]["exact_match"]) == (0.0, 1.0), ev.summary
     assert math.isclose(ev.summary["tuned"]["perplexity"], math.exp(ev.summary["tuned"]["loss"]), rel_tol=1e-9)
     # the same number the trainer reports for validation
     want = validation_loss(t.model, t.data.valid, 3, t.config.max_seq_length)

@@ -24,6 +24,7 @@ def tiny(tmp_path_factory):
 def make_run(tiny, d, num_layers=-1, **cfg):
     c = TrainConfig(model=str(tiny), lora_layers=num_layers, **cfg)
     m, _ = load_model(c)
+    mx.random.seed(0)  # lora_a's random init
     acfg = attach_adapters(m, c)
     for i, (k, v) in enumerate(tree_flatten(m.trainable_parameters())):
         if k.endswith("lora_b"):

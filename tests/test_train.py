@@ -61,7 +61,12 @@ def test_loss_falls_and_outputs(env, reference):
     assert len(ls) == 24
     assert sum(ls[-4:]) / 4 < 0.7 * sum(ls[:4]) / 4, ls
     assert [r["step"] for r in h["val"]] == [8, 16, 24]
-    assert h["val"][-1]["val_loss"] < h["val"][0]["val_loss"]
+    # Held-out rows have other answers, so validation loss may wobble between passes; against the untrained model's it fell
+    # by a factor of ~3 for every seed tried (seed 3 rises from step 8 to 24, so comparing those two would be a coin toss).
+    from finetune.models import load_model
+    from finetune.train import validation_loss
+    base = validation_loss(load_model(str(env["model"]))[0], reference.valid_data, 4, 64)
+    assert h["val"][-1]["val_loss"] < 0.5 * base, (base, h["val"])
     for k in ("learning_rate", "tokens_per_sec", "trained_tokens", "active_memory", "peak_memory", "grad_norm", "epoch"):
         assert k in h["train"][-1]
     rd = reference.run_dir
@@ -148,6 +153,52 @@ class Poison(Callback):
             q.lora_b = q.lora_b + float("nan")
 
 
+def test_disk_full_during_save(env, reference, monkeypatch):
+    "ENOSPC half way through the save of step 16: a clear error naming the checkpoint, nothing left behind, and the run resumes."
+    import errno
+    import mlx.core as mx
+    real = mx.save_safetensors
+    def full_disk(path, arrays, *a, **kw):
+        if "step_0000016" in str(path) and str(path).endswith("optimizer.safetensors"):
+            Path(path).write_bytes(b"\0" * 4096)  # part of the file made it to disk
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, arrays, *a, **kw)
+    monkeypatch.setattr(mx, "save_safetensors", full_disk)
+    c = cfg(env, run_name="disk-full", lora_dropout=0.1)
+    t = Trainer(c, callbacks=QUIET())
+    ck = t.run_dir/"checkpoints"
+    with pytest.raises(TrainingError, match=r"The disk is full \(errno ENOSPC\): could not write the checkpoint '.*step_0000016'") as e:
+        t.fit()
+    assert e.value.path == str(ck/"step_0000016") and "resume" in e.value.hint
+    assert t.step == 16
+    assert sorted(x.name for x in ck.iterdir()) == ["step_0000008"]  # no temporary folder left taking space
+    assert not [x.name for x in t.run_dir.rglob("*") if x.name.startswith(".") or ".tmp" in x.name]
+    monkeypatch.undo()  # space freed
+    r = Trainer(c, callbacks=QUIET())
+    h = r.fit(resume=True)
+    assert r.resumed_from == str(ck/"step_0000008") and r.step == 24
+    assert max(abs(x - y) for x, y in zip(losses(h), losses(reference.history))) < 1e-5
+    assert [x.name for x in list_checkpoints(ck)] == ["step_0000008", "step_0000016", "step_0000024"]
+    assert [r["step"] for r in read_metrics(r.run_dir/"metrics.jsonl") if r["event"] == "train"] == list(range(1, 25))
+
+
+def test_new_run_refuses_a_used_folder(env):
+    "A second, fresh run under the same run_name would mix two runs' checkpoints and metrics: it is refused; resuming still works."
+    c = cfg(env, run_name="taken", iters=8, eval_every=100)
+    first = Trainer(c, callbacks=QUIET()); first.fit()
+    before = {p: p.read_bytes() for p in first.run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(TrainingError, match=r"The run folder '.*taken' already holds another run's checkpoints \(the newest: step_0000008\)") as e:
+        Trainer(cfg(env, run_name="taken", iters=8, eval_every=100, learning_rate=1e-3), callbacks=QUIET()).fit()
+    assert "resume" in e.value.hint and "run_name" in e.value.hint
+    assert {p: p.read_bytes() for p in first.run_dir.rglob("*") if p.is_file()} == before  # nothing was touched
+    more = Trainer(cfg(env, run_name="taken", iters=12, eval_every=100), callbacks=QUIET())
+    more.fit(resume=True)
+    assert more.step == 12 and more.resumed_from.endswith("step_0000008")
+    fresh = Trainer(cfg(env, run_name=None, iters=2, eval_every=100), callbacks=QUIET())
+    fresh.fit()  # no run_name: a new time-stamped folder every time
+    assert fresh.run_dir.name.startswith("run-") and fresh.run_dir != first.run_dir
+
+
 def test_nan_stops_with_step_and_keeps_checkpoint(env):
     c = cfg(env, run_name="nan")
     t = Trainer(c, callbacks=QUIET() + [Poison()])
@@ -166,7 +217,7 @@ def test_optimizers_learn(env, opt):
     t = Trainer(cfg(env, run_name=f"opt-{opt}", optimizer=opt, learning_rate=lr, iters=12, eval_every=100, lr_schedule="cosine",
                     warmup_steps=2), callbacks=QUIET())
     ls = losses(t.fit())
-    assert sum(ls[-3:]) < sum(ls[:3]), (opt, ls)
+    assert sum(ls[-3:]) < 0.8 * sum(ls[:3]), (opt, ls)  # 0.35-0.61 measured over seeds
     lrs = [r["learning_rate"] for r in t.history["train"]]
     assert abs(lrs[0] - lr / 2) < 1e-5 * lr and lrs[-1] < lrs[2]
 
