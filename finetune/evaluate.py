@@ -20,7 +20,7 @@ import mlx.core as mx
 
 # %% auto #0
 __all__ = ['METRICS', 'dataset_loss', 'data_loss', 'normalize_answer', 'exact_match', 'contains', 'token_f1', 'examples_from',
-           'answer_scores', 'Comparison', 'compare', 'evaluate_run']
+           'answer_scores', 'Comparison', 'compare', 'held_out', 'evaluate_run']
 
 # %% ../nbs/09_evaluate.ipynb #845233fd
 def dataset_loss(model, ds,                 # A model; a `TokenizedDataset`
@@ -156,9 +156,23 @@ def compare(models:dict,              # name -> (model, tokenizer), e.g. {'base'
     rows = [dict(prompt=_prompt_text(e["messages"]), reference=e["reference"], **{n: per[n][i] for n in models}) for i, e in enumerate(examples)]
     return Comparison(list(models), summary, rows, dict(n_examples=len(examples), **{k: v for k, v in gen_kw.items() if isinstance(v, (int, float, str))}))
 
+# %% ../nbs/09_evaluate.ipynb #921e5108
+def held_out(cfg:TrainConfig, # A run's config
+             data=None,       # Data to use instead: a file, a folder or registered dataset (its test, else valid split), or rows
+            ):
+    "What to evaluate on: `data`, else the config's test_data, else valid_data, else the test (else valid) split of its `data` folder or registered dataset; None if nothing."
+    from finetune.data import resolve_sources
+    if data is not None and not isinstance(data, (str, Path)): return data
+    if data is not None: s = resolve_sources(data); s["valid"] = s["valid"] or s["train"]
+    elif cfg.test_data or cfg.valid_data: s = resolve_sources(None, cfg.valid_data, cfg.test_data)
+    elif isinstance(cfg.data, (str, Path)): s = resolve_sources(cfg.data)
+    else: return None
+    src = s["test"] or s["valid"]
+    return str(src) if isinstance(src, Path) else src
+
 # %% ../nbs/09_evaluate.ipynb #3e872182
 def evaluate_run(run_dir,                     # A run directory (config.yaml, adapters)
-                 data=None,                   # Evaluation data (default: the config's test_data, else valid_data)
+                 data=None,                   # Evaluation data (default: the run's held-out data, see `held_out`)
                  limit:int|None=50,           # Examples to generate answers for (None: all)
                  max_tokens:int=64,           # Longest generated answer
                  base:str|None=None,          # Base model (default: the config's)
@@ -168,8 +182,9 @@ def evaluate_run(run_dir,                     # A run directory (config.yaml, ad
     run = Path(run_dir)
     if not (run/"config.yaml").exists(): raise DataError(f"'{run}' has no config.yaml.", hint="Pass a run directory written by finetune's Trainer.")
     cfg = TrainConfig.from_yaml(run/"config.yaml")
-    source = data if data is not None else (cfg.test_data or cfg.valid_data)
-    if source is None: raise DataError("The run's config names no test_data or valid_data to evaluate on.", hint="Pass data=... (a file or rows).")
+    source = held_out(cfg, data)
+    if source is None: raise DataError("The run's config names no test_data or valid_data, and its data has no test or valid split to evaluate on.",
+                                       hint="Pass data=... (a file, a folder with test.jsonl, a registered dataset name, or rows).")
     model, tok = load_model(base or cfg.model, quantize_bits=cfg.quantize_bits)
     from finetune.data import tokenize_source
     ds = tokenize_source(source, cfg, tok, split="test", quiet=True)

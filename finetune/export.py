@@ -6,16 +6,16 @@ Docs: https://finetune-dev.github.io/finetune/export.html.md"""
 
 # %% ../nbs/10_export.ipynb #78e10e40
 from __future__ import annotations
-import contextlib, io, json
+import contextlib, io, json, re
 from pathlib import Path
-from .errors import ExportError, ModelError
-from .models import load_model, read_adapter_config
+from .errors import ExportError, FinetuneError, ModelError
+from .models import EMBEDDED_MODELS, load_model, read_adapter_config, resolve_model
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 # %% auto #0
 __all__ = ['PEFT_LEAVES', 'GGUF_ARCHITECTURES', 'UPLOAD_PATTERNS', 'merge_adapters', 'fuse', 'peft_weights', 'peft_config',
-           'to_peft', 'to_gguf', 'model_card', 'upload_files', 'push_to_hub']
+           'peft_base', 'to_peft', 'to_gguf', 'model_card', 'upload_files', 'push_to_hub']
 
 # %% ../nbs/10_export.ipynb #90117dd3
 def _base_of(adapter_path, base) -> str:
@@ -90,6 +90,15 @@ def peft_config(adapter_config:dict, modules:list, base:str|None=None) -> dict:
                 target_modules=modules, use_dora=adapter_config.get("fine_tune_type") == "dora", use_rslora=False,
                 bias="none", fan_in_fan_out=False, inference_mode=True, init_lora_weights=True, modules_to_save=None)
 
+def peft_base(name) -> str:
+    "What PEFT's `base_model_name_or_path` should say for model `name`: its Hub id when known, else its local directory's absolute path."
+    s = str(name)
+    if s in EMBEDDED_MODELS: return EMBEDDED_MODELS[s]["hub"]
+    try: p = resolve_model(s)
+    except FinetuneError: return s
+    if m := re.search(r"models--([^/]+?)--([^/]+)/snapshots/", p.as_posix()): return f"{m[1]}/{m[2]}"
+    return str(p.resolve())
+
 def to_peft(adapter_path, output_dir, base:str|None=None, overwrite:bool=False) -> Path:
     "Write a run's LoRA/DoRA adapter as a PEFT adapter directory (adapter_model.safetensors + adapter_config.json)."
     acfg, out = read_adapter_config(adapter_path), Path(output_dir)
@@ -99,7 +108,8 @@ def to_peft(adapter_path, output_dir, base:str|None=None, overwrite:bool=False) 
     w, mods = peft_weights(adapter_path)
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out/"adapter_model.safetensors"), {k: v.astype(mx.float32) for k, v in w.items()}, metadata={"format": "pt"})
-    (out/"adapter_config.json").write_text(json.dumps(peft_config(acfg, mods, base), indent=2))
+    b = base or acfg.get("model")
+    (out/"adapter_config.json").write_text(json.dumps(peft_config(acfg, mods, peft_base(b) if b else None), indent=2))
     return out
 
 # %% ../nbs/10_export.ipynb #13efdbc3

@@ -15,7 +15,8 @@ from .models import load_model
 import mlx.core as mx
 
 # %% auto #0
-__all__ = ['as_messages', 'render_prompt', 'prompt_tokens', 'Chunk', 'stream', 'generate', 'generate_batch', 'load']
+__all__ = ['CHAT_HELP', 'as_messages', 'render_prompt', 'prompt_tokens', 'Chunk', 'stream', 'generate', 'generate_batch', 'load',
+           'stream_to', 'chat_loop']
 
 # %% ../nbs/08_generate.ipynb #ff650aee
 def as_messages(prompt,             # A string (one user turn), a list of `{role, content}` messages, or `{"messages": [...]}`
@@ -171,3 +172,43 @@ def load(model, adapter_path=None, quantize_bits:int|None=None, revision:str|Non
         m.finetune_info.fmt = c.data_format if c.data_format not in (None, "auto") else None
     m.eval()
     return m, t
+
+# %% ../nbs/08_generate.ipynb #d35c0eab
+def _echo(text:str): print(text, end="", flush=True)
+
+def stream_to(model, tokenizer, prompt, # A model and tokenizer; a prompt (see `as_messages`)
+              write=_echo,              # Called with each new piece of text (default: print it, no newline)
+              **kwargs,                 # Passed to `stream` (max_tokens, temperature, system, ...)
+             ) -> str:
+    "Stream the answer to `prompt` through `write`, piece by piece; the whole answer."
+    out = []
+    for c in stream(model, tokenizer, prompt, **kwargs):
+        if c.text: write(c.text); out.append(c.text)
+    return "".join(out)
+
+CHAT_HELP = "Commands: /reset forgets the conversation, /system TEXT sets the system prompt, /exit (or Ctrl-D) quits."
+
+def chat_loop(model, tokenizer,         # A model and tokenizer (see `load`)
+              read=input,               # Called with the prompt string; returns the next line (EOFError ends the chat)
+              write=_echo,              # Called with text to show (it adds no newlines of its own)
+              system:str|None=None,     # The system prompt to start with
+              prompt:str="> ",          # What `read` shows before each line
+              **kwargs,                 # Passed to `stream` (max_tokens, temperature, ...)
+             ) -> list[dict]:
+    "A multi-turn chat: read a line, stream the model's reply, remember both; `/reset`, `/system TEXT`, `/exit`. The last conversation."
+    msgs = []
+    write(CHAT_HELP + "\n")
+    while True:
+        try: line = read(prompt).strip()
+        except (EOFError, KeyboardInterrupt): write("\n"); break
+        cmd, _, arg = line.partition(" ")
+        if not line: continue
+        elif cmd == "/exit": break
+        elif cmd == "/reset": msgs = []; write("(conversation reset)\n")
+        elif cmd == "/system": system = arg.strip() or None; write(f"(system prompt {'set' if system else 'cleared'})\n")
+        elif cmd.startswith("/"): write(f"(unknown command {cmd}) {CHAT_HELP}\n")
+        else:
+            msgs.append({"role": "user", "content": line})
+            msgs.append({"role": "assistant", "content": stream_to(model, tokenizer, msgs, write, system=system, **kwargs)})
+            write("\n")
+    return ([{"role": "system", "content": system}] if system else []) + msgs

