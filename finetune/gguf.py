@@ -13,9 +13,9 @@ from .tiny import finetune_home
 import mlx.core as mx
 
 # %% auto #0
-__all__ = ['GGUF_ARCHS', 'GROUP', 'read_gguf', 'is_gguf', 'hf_name', 'gguf_name', 'permute_qk', 'gguf_config', 'default_dtype',
-           'hf_weights', 'file_digest', 'gguf_tokenizer', 'import_gguf', 'tokenizer_metadata', 'gguf_model_metadata',
-           'write_gguf']
+__all__ = ['GGUF_ARCHS', 'GROUP', 'read_gguf', 'is_gguf', 'gguf_file_type', 'hf_name', 'gguf_name', 'permute_qk', 'gguf_config',
+           'default_dtype', 'hf_weights', 'file_digest', 'gguf_tokenizer', 'import_gguf', 'tokenizer_metadata',
+           'gguf_model_metadata', 'write_gguf']
 
 # %% ../nbs/02c_gguf.ipynb #e4a5ff43
 def _py(v):
@@ -40,6 +40,12 @@ def is_gguf(path) -> bool:
     try:
         with open(p, "rb") as f: return f.read(4) == b"GGUF"
     except OSError: return False
+
+def gguf_file_type(path) -> int|None:
+    "`general.file_type` of GGUF file `path` (2: Q4_0, 3: Q4_1, 7: Q8_0, ...), read from the header without loading tensors."
+    from gguf import GGUFReader
+    f = GGUFReader(str(path)).fields.get("general.file_type")
+    return int(f.parts[f.data[0]][0]) if f is not None else None
 
 # %% ../nbs/02c_gguf.ipynb #b38179a7
 # GGUF tensor names <-> Hugging Face (and mlx-lm) names, per block and for the rest

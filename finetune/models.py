@@ -10,7 +10,7 @@ import contextlib, difflib, importlib.util, io, json, os, shutil, tempfile, warn
 from pathlib import Path
 from types import SimpleNamespace
 from .errors import ModelError
-from .gguf import import_gguf, is_gguf
+from .gguf import gguf_file_type, import_gguf, is_gguf
 from .tiny import demo_model_dir, finetune_home
 import mlx.core as mx
 import mlx.nn as nn
@@ -150,8 +150,7 @@ _NATIVE_BITS = {2: 4, 3: 4, 7: 8}  # GGUF file types MOSTLY_Q4_0, MOSTLY_Q4_1, M
 
 def _gguf_native(src:Path, bits:int) -> Path|None:
     "The converted directory of GGUF `src` kept in its own quantization, if that is `bits` bits (Q4_0/Q4_1: 4, Q8_0: 8)."
-    ft = json.loads((import_gguf(src)/"gguf_source.json").read_text()).get("file_type")
-    return import_gguf(src, quantized=True) if _NATIVE_BITS.get(ft) == bits else None
+    return import_gguf(src, quantized=True) if _NATIVE_BITS.get(gguf_file_type(src)) == bits else None
 
 def load_model(name_or_config,               # A model name (see `resolve_model`) or a `TrainConfig`
                quantize_bits:int|None=None,  # Quantize at load to this many bits (QLoRA); default: the config's

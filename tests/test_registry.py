@@ -54,7 +54,8 @@ def test_hf_cache_models_listed(home, tiny_model, tmp_path):
     rev = "abcdef0123456789abcdef0123456789abcdef01"
     snap = add_to_hf_cache(tiny_model, "someorg/tiny-llama", revision=rev)
     rows = {r["name"]: r for r in Registry().models()}
-    assert set(rows) == {"tiny", "someorg/tiny-llama"}
+    assert set(rows) == {"tiny", "smollm2-135m", "someorg/tiny-llama"}
+    assert (rows["smollm2-135m"]["source"], rows["smollm2-135m"]["exists"]) == ("embedded", True)
     hf = rows["someorg/tiny-llama"]
     assert (hf["source"], hf["path"], hf["model_type"], hf["exists"]) == ("hf-cache", str(snap), "llama", True)
     assert hf["size_bytes"] >= (tiny_model/"model.safetensors").stat().st_size
@@ -66,7 +67,7 @@ def test_models_saved_in_home_are_listed(home, tiny_model):
     import shutil
     shutil.copytree(tiny_model, home/"models"/"saved")
     reg = Registry()
-    assert [(r["name"], r["source"]) for r in reg.models()] == [("tiny", "builtin"), ("saved", "local")]
+    assert [(r["name"], r["source"]) for r in reg.models()] == [("tiny", "builtin"), ("smollm2-135m", "embedded"), ("saved", "local")]
     assert reg.model_path("saved") == str(home/"models"/"saved")
     with pytest.raises(RegistryError, match="--force"):
         reg.add_model("saved", tiny_model)  # would shadow the saved model
@@ -192,7 +193,7 @@ def test_removing(home, tiny_model, tmp_path):
     assert reg.remove_dataset("d")["path"] == str(f)
     assert reg.remove_run("r")["path"] == str(run.resolve())
     assert tiny_model.is_dir() and f.exists() and run.is_dir()  # files stay
-    assert [r["name"] for r in reg.models()] == ["tiny"] and reg.datasets() == [] and reg.runs(tmp_path/"none") == []
+    assert [r["name"] for r in reg.models()] == ["tiny", "smollm2-135m"] and reg.datasets() == [] and reg.runs(tmp_path/"none") == []
     with pytest.raises(ModelError, match="Tried"):
         resolve_model("m")
     assert resolve_dataset("d") == "d"
