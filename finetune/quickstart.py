@@ -58,8 +58,9 @@ def run_quickstart(iters:int|None=None,  # Training steps (default: FINETUNE_QUI
     score = {k: sum(strict_json_match(e[k]["answer"], e["reference"]) for e in cmp.examples) / max(len(cmp.examples), 1) for k in ("base", "tuned")}
     for row in cmp.examples[:show]:
         say(f"{row['prompt'].splitlines()[-1]}\n  before: {row['base']['answer']!r}\n  after:  {row['tuned']['answer']!r}")
-    say(f"\nHeld-out strict-JSON match ({len(cmp.examples)} sentences about people never seen in training): "
-        f"before {score['base']:.0%}, after {score['tuned']:.0%}  (trained {trainer.step} steps in {train_s:.0f}s; outputs in {trainer.run_dir})")
     s = cmp.summary
+    say(f"\nHeld-out strict-JSON match ({len(cmp.examples)} sentences about people never seen in training): "
+        f"before {score['base']:.0%}, after {score['tuned']:.0%}; held-out loss {s['base']['loss']:.3f} -> {s['tuned']['loss']:.3f}  "
+        f"(trained {trainer.step} steps in {train_s:.0f}s; outputs in {trainer.run_dir})")
     return dict(json_before=score["base"], json_after=score["tuned"], train_seconds=train_s, steps=trainer.step,
                 run_dir=str(trainer.run_dir), loss_before=s["base"]["loss"], loss_after=s["tuned"]["loss"])

@@ -64,15 +64,6 @@ def test_make_tiny_and_errors(ft_exe, ft_env, tmp_path):
     assert r.returncode == 1 and "not empty" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_ft_quickstart_runs_the_main_job(ft_exe, ft_env, tmp_path):
-    "The real `ft quickstart` (shortened; tests/test_quickstart.py checks the full run): device report, training, answers, the score."
-    r = subprocess.run([ft_exe, "quickstart", "--iters", "3", "--limit", "2"], env=ft_env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr + r.stdout
-    assert "BLAS" in r.stdout and "before:" in r.stdout and "Held-out strict-JSON match" in r.stdout
-    assert "trained 3 steps" in r.stdout
-    assert any((Path(ft_env["FINETUNE_HOME"])/"gguf").glob("*/model.safetensors"))  # SmolLM2 converted once, in the home
-
-
 @pytest.mark.parametrize("kind", ["profiles", "models"])
 def test_config_files_are_valid(kind):
     from finetune.config import load_config
