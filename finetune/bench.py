@@ -196,7 +196,8 @@ def run_worker(system:str, cfg:dict, folder, name:str, env:dict|None=None) -> di
 # %% ../nbs/15_bench.ipynb #053f2ba3
 def score_adapters(model:str, config:dict, adapters:dict) -> dict:
     "Validation loss of the base `model` with each of `adapters` (name -> folder), on the data of `config`."
-    from finetune.train import as_config, validation_loss
+    from finetune.config import as_config
+    from finetune.train import validation_loss
     from finetune.models import load_model
     from finetune.data import prepare_data
     c = as_config(config)
@@ -239,7 +240,7 @@ def _machine(peak:float, peak_stock:float) -> dict:
                 matmul_gflops=round(peak, 1), matmul_gflops_bundled_blas=round(peak_stock, 1))
 
 def _row_lengths(paths:dict, spec:BenchSpec) -> list[int]:
-    from finetune.train import as_config
+    from finetune.config import as_config
     from finetune.data import prepare_data
     from finetune.models import load_model
     c = as_config(finetune_config(spec, paths, paths["root"]/"tmp"))

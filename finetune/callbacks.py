@@ -33,7 +33,7 @@ class Callback:
     trainer = None  # Set by the trainer before `before_fit`
     def __call__(self, event:str, metrics:dict):
         "Run this callback's handler for `event`, if it has one."
-        assert event in EVENTS, event
+        if event not in EVENTS: raise ValueError(f"Unknown event '{event}'; the events are {', '.join(EVENTS)}.")
         f = getattr(self, event, None)
         if f is not None: f(metrics)
     @property
@@ -48,8 +48,13 @@ def sort_callbacks(cbs) -> list:
     return sorted(cbs, key=lambda c: getattr(c, "order", 0))
 
 def run_callbacks(cbs, event:str, metrics:dict):
-    "Send `event` with a copy of `metrics` to each callback in order."
-    for cb in sort_callbacks(cbs): cb(event, dict(metrics))
+    "Send `event` with a copy of `metrics` to each callback in order; an error is marked with the callback and event."
+    for cb in sort_callbacks(cbs):
+        try: cb(event, dict(metrics))
+        except (CancelStepException, CancelEpochException, CancelFitException): raise  # control flow, not failures
+        except Exception as e:
+            e.add_note(f"raised by callback {type(cb).__name__} on event '{event}'")
+            raise
 
 # %% ../nbs/06_callbacks.ipynb #a6a7e978
 class Recorder(Callback):

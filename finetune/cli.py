@@ -123,9 +123,10 @@ def _run_dir(name:str) -> Path:
 
 def _train_config(config, profile, preset, sets, resume):
     "The merged config for `ft train`: CONFIG, else the resumed run's config.yaml, else the defaults."
-    from finetune.config import load_config
+    from finetune.config import as_config
     if config is None and resume is not None and (_run_dir(resume)/"config.yaml").exists(): config = _run_dir(resume)/"config.yaml"
-    c = load_config(config, profile=profile, preset=preset, **parse_sets(sets))
+    over = {**parse_sets(sets), **{k: v for k, v in dict(profile=profile, preset=preset).items() if v is not None}}  # a flag beats --set
+    c = as_config(config, **over)
     check_data_paths(c)
     return c
 

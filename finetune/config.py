@@ -6,15 +6,16 @@ Docs: https://finetune-dev.github.io/finetune/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #3cf94f5f
 from __future__ import annotations
-import difflib, os, types, typing
+import difflib, math, os, types, typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 import yaml
+from fastcore.basics import patch
 from .errors import ConfigError
 
 # %% auto #0
 __all__ = ['GROUPS', 'opt', 'TrainConfig', 'check_value', 'field_names', 'check_key', 'read_yaml', 'configs_dir', 'list_profiles',
-           'list_presets', 'detect_preset', 'load_config', 'explain_sources']
+           'list_presets', 'detect_preset', 'as_config', 'load_config', 'explain_sources']
 
 # %% ../nbs/00_config.ipynb #5fbf2202
 GROUPS = ("model", "data", "adapter", "optimization", "schedule", "output")
@@ -121,6 +122,8 @@ def check_value(name:str, value, source:str|None=None):
         want = " or ".join(b.__name__ for b in base)
         raise ConfigError(f"Field '{name}' must be {want}, got {type(value).__name__} {value!r}{_from(source)}.",
                           hint=md["help"], field=name, source=source) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"Field '{name}' must be a finite number, got {value!r}{_from(source)}.", hint=md["help"], field=name, source=source)
     if md["choices"] is not None and value not in md["choices"]:
         raise ConfigError(f"Field '{name}' must be one of {md['choices']}, got {value!r}{_from(source)}.", hint=md["help"], field=name, source=source)
     lo, hi = md["min"], md["max"]
@@ -153,20 +156,10 @@ def _validate(c:TrainConfig, sources:dict):
         err("columns", "must map names to names", "For example {prompt: question, completion: answer}.")
 
 # %% ../nbs/00_config.ipynb #69554704
-def _to_dict(self) -> dict:
+@patch
+def to_dict(self:TrainConfig) -> dict:
     "The fields as a plain dict (a deep copy)."
     return {f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else dict(v) if isinstance(v, dict) else v) for f in fields(self)}
-
-@classmethod
-def _from_dict(cls, d:dict, source:str|None=None) -> TrainConfig:
-    "Build a validated config from a (partial) dict; unset fields keep their defaults."
-    for k in d: check_key(k, source)
-    c = cls(**{k: check_value(k, v, source) for k,v in d.items()})
-    c.sources = {k: (source or "kwargs") if k in d else "default" for k in field_names()}
-    _validate(c, c.sources)
-    return c
-
-TrainConfig.to_dict, TrainConfig.from_dict = _to_dict, _from_dict
 
 # %% ../nbs/00_config.ipynb #420f7e3f
 def read_yaml(path) -> dict:
@@ -191,7 +184,8 @@ def _yval(v) -> str:
     s = yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
     return s[:-4].strip() if s.endswith("\n...") else s
 
-def _to_yaml(self, path=None) -> str:
+@patch
+def to_yaml(self:TrainConfig, path=None) -> str:
     "Write the config as commented YAML (grouped by tab); return the text."
     d, out = self.to_dict(), ["# finetune run configuration"]
     for g in GROUPS:
@@ -205,13 +199,6 @@ def _to_yaml(self, path=None) -> str:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp"); tmp.write_text(txt, encoding="utf-8"); os.replace(tmp, path)
     return txt
-
-@classmethod
-def _from_yaml(cls, path) -> TrainConfig:
-    "Read a config written by `to_yaml` (or by hand)."
-    return cls.from_dict(read_yaml(path), source=str(path))
-
-TrainConfig.to_yaml, TrainConfig.from_yaml = _to_yaml, _from_yaml
 
 # %% ../nbs/00_config.ipynb #c26743ff
 def configs_dir() -> Path:
@@ -245,28 +232,51 @@ def detect_preset(model:str) -> str|None:
     low = str(model).lower().replace("\\", "/").split("/")[-1] or str(model).lower()
     return next((p for p in list_presets() if p in low), None)
 
+# %% ../nbs/00_config.ipynb #c882c55c
+def _field_default(name:str):
+    f = {f.name: f for f in fields(TrainConfig)}[name]
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+def _derived(source:str) -> bool:
+    "Whether a value came from below the caller: a default, default.yaml, a profile or a preset."
+    return source in ("default", "configs/default.yaml") or source.startswith(("profile ", "preset "))
+
+def _caller_layers(config, source:str|None, overrides:dict) -> list[tuple[str, dict]]:
+    "The layers a caller chose, lowest first: a YAML file, a dict or a TrainConfig's own values, then `overrides`."
+    if config is None: layers = []
+    elif isinstance(config, TrainConfig):
+        src, d = getattr(config, "sources", None), config.to_dict()
+        label = {k: src.get(k, "default") if src else "default" if v == _field_default(k) else source or "TrainConfig" for k, v in d.items()}
+        regate = not src or bool(overrides.keys() & {"profile", "preset", "model"})  # a new profile/preset/model re-derives what came from the old
+        layers = {}
+        for k, v in d.items():
+            if not (regate and _derived(label[k])): layers.setdefault(label[k], {})[k] = v
+        layers = list(layers.items())
+    elif isinstance(config, dict): layers = [(source or "dict", dict(config))]
+    elif isinstance(config, (str, Path)): layers = [(source or str(config), read_yaml(config))]
+    else: raise ConfigError(f"Cannot make a config from a {type(config).__name__}.", hint="Pass a TrainConfig, a dict, or the path of a YAML file.")
+    return layers + ([("overrides", dict(overrides))] if overrides else [])
+
 # %% ../nbs/00_config.ipynb #ef5c3fd6
-def load_config(path=None,              # A YAML config file
-                profile:str|None=None,  # A profile name (else the file's or overrides' `profile`)
-                preset:str|None=None,   # A model preset name, `auto` or `none` (else from file/overrides)
-                **overrides) -> TrainConfig:
-    "Merge defaults < default.yaml < profile < model preset < file < overrides into a validated `TrainConfig`."
-    layers = [("configs/default.yaml", read_yaml(configs_dir()/"default.yaml"))]
-    file_d = read_yaml(path) if path is not None else {}
-    for k in file_d: check_key(k, str(path))
-    for k in overrides: check_key(k, "overrides")
-    if profile is not None: overrides["profile"] = profile
-    if preset is not None: overrides["preset"] = preset
-    pick = lambda k: next((d[k] for d in (overrides, file_d, layers[0][1]) if k in d), getattr(TrainConfig, k, None))
-    if (prof := pick("profile")): layers.append((f"profile {prof}", read_yaml(_named("profiles", prof, list_profiles()))))
-    model = next((d["model"] for d in (overrides, file_d) + tuple(reversed([l[1] for l in layers])) if "model" in d), TrainConfig.model)
-    pre = pick("preset") or "auto"
+def as_config(config=None,              # A TrainConfig, a dict of fields, the path of a YAML file, or None
+              source:str|None=None,     # What to name `config` in errors and `sources` (default: the file, "dict" or "TrainConfig")
+              **overrides) -> TrainConfig:
+    "The one gate to a `TrainConfig`: defaults < default.yaml < profile < model preset < `config` < `overrides`, every field checked."
+    caller = _caller_layers(config, source, overrides)
+    for src, d in caller:
+        for k in d: check_key(k, src)
+    base = read_yaml(configs_dir()/"default.yaml")
+    def top(k):  # the caller's highest value for `k`, checked, else default.yaml's, else the dataclass default
+        src, v = next(((s, d[k]) for s, d in reversed(caller) if k in d), ("configs/default.yaml", base.get(k, _field_default(k))))
+        return check_value(k, v, src)
+    layers = [("configs/default.yaml", base)]
+    if prof := top("profile"): layers.append((f"profile {prof}", read_yaml(_named("profiles", prof, list_profiles()))))
+    model = next((d["model"] for _, d in reversed(layers + caller) if "model" in d), TrainConfig.model)
+    pre = top("preset") or "auto"
     pre = detect_preset(model) if pre == "auto" else None if pre == "none" else pre
     if pre: layers.append((f"preset {pre}", read_yaml(_named("models", pre, list_presets()))))
-    if path is not None: layers.append((str(path), file_d))
-    layers.append(("overrides", overrides))
     vals, sources = {}, {}
-    for src, d in layers:
+    for src, d in layers + caller:
         for k, v in d.items():
             check_key(k, src)
             vals[k], sources[k] = check_value(k, v, src), src
@@ -275,6 +285,15 @@ def load_config(path=None,              # A YAML config file
     _validate(c, c.sources)
     return c
 
+def load_config(path=None,              # A YAML config file
+                profile:str|None=None,  # A profile name (else the file's or overrides' `profile`)
+                preset:str|None=None,   # A model preset name, `auto` or `none` (else from file/overrides)
+                **overrides) -> TrainConfig:
+    "`as_config` for a YAML file with `profile` and `preset` given by name."
+    if profile is not None: overrides["profile"] = profile
+    if preset is not None: overrides["preset"] = preset
+    return as_config(path, **overrides)
+
 # %% ../nbs/00_config.ipynb #501a1b04
 def explain_sources(c:TrainConfig, only_set:bool=True) -> str:
     "A table of field = value and where each value came from."
@@ -282,3 +301,14 @@ def explain_sources(c:TrainConfig, only_set:bool=True) -> str:
     rows = [(k, repr(getattr(c, k)), src.get(k, "default")) for k in field_names() if not only_set or src.get(k, "default") != "default"]
     w = max((len(k) for k,*_ in rows), default=0)
     return "\n".join(f"{k:<{w}} = {v}  ({s})" for k, v, s in rows)
+
+# %% ../nbs/00_config.ipynb #85c1f369
+@patch(cls_method=True)
+def from_dict(cls:TrainConfig, d:dict, source:str|None=None) -> TrainConfig:
+    "A validated config from a (partial) dict through `as_config`: unset fields come from default.yaml, the profile and preset."
+    return as_config(dict(d), source=source)
+
+@patch(cls_method=True)
+def from_yaml(cls:TrainConfig, path) -> TrainConfig:
+    "Read a config written by `to_yaml` (or by hand) through `as_config`."
+    return as_config(Path(path))

@@ -43,6 +43,7 @@ class RegistryError(FinetuneError):
 
 # %% ../nbs/01_errors.ipynb #896af41c
 def explain(err:BaseException) -> str:
-    "One paragraph for a person: our errors' message and hint, anything else prefixed with its type."
-    if isinstance(err, FinetuneError): return str(err)
-    return f"{type(err).__name__}: {err}"
+    "One paragraph for a person: our errors' message and hint, anything else prefixed with its type; notes (where it happened) last."
+    notes = "".join(f"\n  ({n})" for n in getattr(err, "__notes__", ()))
+    if isinstance(err, FinetuneError): return str(err) + notes
+    return f"{type(err).__name__}: {err}" + notes

@@ -8,6 +8,7 @@ Docs: https://finetune-dev.github.io/finetune/widgets_liveplot.html.md"""
 from __future__ import annotations
 import io, sys, time
 import numpy as np
+from fastcore.basics import patch
 from .callbacks import Callback, in_notebook
 
 # %% auto #0
@@ -57,7 +58,8 @@ class LivePlot(Callback):
         return "display" if in_notebook() else "text"
 
 # %% ../nbs/07_widgets_liveplot.ipynb #4f0f08a5
-def _reset(self, m:dict):
+@patch
+def _reset(self:LivePlot, m:dict):
     h = m.get("history") or {}
     self.total, self.step, self.last = m.get("total_steps") or 1, m.get("step", 0), None
     self.train = [(r["step"], r["train_loss"]) for r in h.get("train", [])]
@@ -65,26 +67,29 @@ def _reset(self, m:dict):
     self.mem = [(r["step"], r.get("active_memory"), r.get("peak_memory")) for r in h.get("train", []) if "peak_memory" in r]
     self.fig = None
 
-def _before_fit(self, m): self._reset(m)
-def _after_step(self, m):
+@patch
+def before_fit(self:LivePlot, m): self._reset(m)
+@patch
+def after_step(self:LivePlot, m):
     self.step = m["step"]
     if m.get("train_loss") is not None: self.train.append((m["step"], m["train_loss"]))
     if m.get("peak_memory") is not None: self.mem.append((m["step"], m.get("active_memory"), m["peak_memory"]))
     if self.due(): self.draw()
-def _after_eval(self, m): self.val.append((m["step"], m["val_loss"]))
-def _after_fit(self, m): self.draw()
+@patch
+def after_eval(self:LivePlot, m): self.val.append((m["step"], m["val_loss"]))
+@patch
+def after_fit(self:LivePlot, m): self.draw()
 
-def _due(self) -> bool:
+@patch
+def due(self:LivePlot) -> bool:
     "Whether `every` steps and `seconds` seconds have passed since the last redraw (the first one included)."
     if self.last is None: return self.step >= self.every
     s, t = self.last
     return self.step - s >= self.every and time.monotonic() - t >= self.seconds
 
-LivePlot._reset, LivePlot.due = _reset, _due
-LivePlot.before_fit, LivePlot.after_step, LivePlot.after_eval, LivePlot.after_fit = _before_fit, _after_step, _after_eval, _after_fit
-
 # %% ../nbs/07_widgets_liveplot.ipynb #60353c62
-def _render(self) -> bytes:
+@patch
+def _render(self:LivePlot) -> bytes:
     "The current plot as PNG bytes: lines blitted over a cached background, redrawn in full only when a y-range grows."
     from PIL import Image
     if self.fig is None: self.fig, self.lines, self.bg = *_figure(self.total, self.dpi), None
@@ -105,7 +110,8 @@ def _render(self) -> bytes:
     buf = io.BytesIO(); Image.fromarray(np.asarray(c.buffer_rgba())).save(buf, format="png", compress_level=1)
     return buf.getvalue()
 
-def _text(self) -> str:
+@patch
+def text(self:LivePlot) -> str:
     "One line: step, last losses and memory."
     parts = [f"step {self.step}/{self.total}"]
     if self.train: parts.append(f"loss {self.train[-1][1]:.4f}")
@@ -113,7 +119,8 @@ def _text(self) -> str:
     if self.mem: parts.append(f"memory {self.mem[-1][1] or 0:.2f} GB active, {self.mem[-1][2]:.2f} GB peak")
     return "  ".join(parts)
 
-def _draw(self):
+@patch
+def draw(self:LivePlot):
     "Redraw now (in the sink of the mode)."
     mode = self._mode()
     if mode == "off" or not self.is_main: return
@@ -126,8 +133,6 @@ def _draw(self):
         from IPython.display import Image, display
         if self.handle is None: self.handle = display(Image(self.png), display_id=True)
         else: self.handle.update(Image(self.png))
-
-LivePlot._render, LivePlot.text, LivePlot.draw = _render, _text, _draw
 
 # %% ../nbs/07_widgets_liveplot.ipynb #172e253b
 def _timed_fit(config, data, callbacks) -> tuple[float, int]:
@@ -142,7 +147,7 @@ def benchmark_liveplot(config=None,         # A TrainConfig, dict or YAML path (
                        every:int=10, seconds:float=3.0, repeats:int=2, **overrides) -> dict:
     "Tokens/s of a run with and without a rendering `LivePlot`, and the relative slowdown."
     import tempfile
-    from finetune.train import as_config
+    from finetune.config import as_config
     from finetune.models import load_model
     from finetune.data import prepare_data
     with tempfile.TemporaryDirectory() as d:

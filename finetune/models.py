@@ -260,6 +260,7 @@ def attach_adapters(model, config) -> dict:
                                        keys=adapter_keys(model, _get(config, "lora_modules")))
         linear_to_lora_layers(model, nl, acfg["lora_parameters"], use_dora=kind == "dora")
     else: raise ModelError(f"Unknown fine_tune_type '{kind}'.", field="fine_tune_type", hint="Use lora, dora or full.")
+    object.__setattr__(model, "adapter_config", acfg)  # what the model trains now: a later Trainer reuses it instead of wrapping again
     return acfg
 
 # %% ../nbs/03_models.ipynb #ad38c39f
@@ -316,4 +317,5 @@ def load_adapters(model, directory):
     if acfg.get("fine_tune_type") == "full":
         nl = acfg.get("num_layers", -1)
         for part in ([model] if nl == -1 else model.layers[-nl:]): part.unfreeze()
+    object.__setattr__(model, "adapter_config", acfg)  # a Trainer given this model trains these adapters further
     return model

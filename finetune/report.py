@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64, hashlib, html, io
 from dataclasses import dataclass, field
 import numpy as np
+from fastcore.basics import patch
 from .data import PreparedData, TokenizedDataset, prepare_data
 from .batching import padding_stats
-from .config import TrainConfig
+from .config import TrainConfig, as_config
 
 # %% auto #0
 __all__ = ['ROWS', 'split_stats', 'DataReport', 'build_report', 'inspect_data']
@@ -65,7 +66,8 @@ class DataReport:
                 + (f" | padding waste: {pad}" if pad else ""))
 
 # %% ../nbs/04b_report.ipynb #c92f303e
-def _report_str(self) -> str:
+@patch
+def __str__(self:DataReport) -> str:
     t = self.table()
     w = [max(len(r[i]) for r in t) for i in range(len(t[0]))]
     lines = [self.header(), ""] + ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in t]
@@ -75,10 +77,9 @@ def _report_str(self) -> str:
         lines.append(f"{a:7.0f}-{b:<7.0f} {'#' * int(round(40 * c / max(counts.max(), 1)))} {c}")
     return "\n".join(lines)
 
-DataReport.__str__ = _report_str
-
 # %% ../nbs/04b_report.ipynb #0bf69915
-def _plot(self, bins:int=20):
+@patch
+def plot(self:DataReport, bins:int=20):
     "A matplotlib figure with the histogram of training lengths and the `max_seq_length` limit."
     from matplotlib.figure import Figure
     fig = Figure(figsize=(5, 2.6))
@@ -91,10 +92,9 @@ def _plot(self, bins:int=20):
     fig.tight_layout()
     return fig
 
-DataReport.plot = _plot
-
 # %% ../nbs/04b_report.ipynb #79dd8bb8
-def _repr_html(self) -> str:
+@patch
+def _repr_html_(self:DataReport) -> str:
     buf = io.BytesIO(); self.plot().savefig(buf, format="png", dpi=90)
     img = base64.b64encode(buf.getvalue()).decode()
     t = self.table()
@@ -103,7 +103,8 @@ def _repr_html(self) -> str:
     return (f"<div><p><b>Data report</b>: {html.escape(self.header())}</p><div style='display:flex;gap:1em;align-items:flex-start'>"
             f"<table>{rows}</table><img src='data:image/png;base64,{img}'/></div></div>")
 
-def _show(self):
+@patch
+def show(self:DataReport):
     "Display the report (HTML in a notebook, text elsewhere)."
     try:
         from IPython import get_ipython
@@ -111,8 +112,6 @@ def _show(self):
         if get_ipython() is not None: return display(HTML(self._repr_html_()))
     except ImportError: pass
     print(self)
-
-DataReport._repr_html_, DataReport.show = _repr_html, _show
 
 # %% ../nbs/04b_report.ipynb #bb4b34d4
 def build_report(data:PreparedData, batch_size:int|None=None) -> DataReport:
@@ -126,7 +125,6 @@ def build_report(data:PreparedData, batch_size:int|None=None) -> DataReport:
     return DataReport(data.format, data.template, data.train_on, c.max_seq_length, splits, data.train.lengths, padding)
 
 def inspect_data(config:TrainConfig|None=None, tokenizer=None, **overrides) -> DataReport:
-    "Prepare the data of `config` (plus `overrides`) for `tokenizer` and return its report."
-    from dataclasses import replace
-    config = replace(config or TrainConfig(), **overrides)
+    "Prepare the data of `config` (plus `overrides`, through `as_config`) for `tokenizer` and return its report."
+    config = as_config(config, **overrides)
     return prepare_data(config, tokenizer, quiet=True).report

@@ -9,35 +9,27 @@ from __future__ import annotations
 import math, threading, time
 from functools import partial
 from pathlib import Path
+from fastcore.basics import patch
 from .errors import ConfigError, DataError, TrainingError
-from .config import TrainConfig, load_config
+from .config import TrainConfig, as_config
 from .device import GB, memory
 from .callbacks import (CancelEpochException, CancelFitException, CancelStepException, Recorder, default_callbacks,
-                                merge_callbacks, run_callbacks, save_plot)
+                                merge_callbacks, run_callbacks, save_plot, sort_callbacks)
 from .checkpoint import (disk_errors, find_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, run_dir_of,
                                  save_checkpoint)
-from .models import attach_adapters, count_parameters, load_model, save_adapters
+from .models import attach_adapters, count_parameters, load_model, save_adapters as write_adapters
 from .data import prepare_data
 from .batching import batch_loss, iterate_batches, num_batches, split_head
 
 # %% auto #0
-__all__ = ['as_config', 'lr_schedule', 'make_optimizer', 'checkpoint_layers', 'global_norm', 'make_step', 'validation_loss',
-           'Trainer', 'fit', 'evaluate', 'save_adapters_to', 'save', 'train']
+__all__ = ['lr_schedule', 'make_optimizer', 'checkpoint_layers', 'global_norm', 'make_step', 'validation_loss', 'Trainer',
+           'train']
 
 # %% ../nbs/05_train.ipynb #fe753c23
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map, tree_reduce
-
-# %% ../nbs/05_train.ipynb #da40856b
-def as_config(config=None, **overrides) -> TrainConfig:
-    "A validated `TrainConfig` from a TrainConfig, dict, YAML path or None, with `overrides` applied."
-    if isinstance(config, TrainConfig): return TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
-    if isinstance(config, dict): return TrainConfig.from_dict({**config, **overrides})
-    if isinstance(config, (str, Path)): return load_config(config, **overrides)
-    if config is None: return load_config(**overrides)
-    raise ConfigError(f"Cannot make a config from a {type(config).__name__}.", hint="Pass a TrainConfig, a dict, or the path of a YAML file.")
 
 # %% ../nbs/05_train.ipynb #afcde4d0
 def lr_schedule(config:TrainConfig, total_steps:int):
@@ -218,12 +210,14 @@ class Trainer:
         return self._stop.is_set()
 
 # %% ../nbs/05_train.ipynb #3f374e95
-def _n_batches(self) -> int:
+@patch
+def _n_batches(self:Trainer) -> int:
     "Global batches per epoch."
     c = self.config
     return num_batches(self.train_data, c.batch_size, c.max_seq_length, pack=c.pack, world_size=self.world_size)
 
-def _plan(self) -> int:
+@patch
+def _plan(self:Trainer) -> int:
     "Check the data; return the total optimizer steps."
     c = self.config
     if self.train_data is None or len(self.train_data) == 0:
@@ -235,10 +229,9 @@ def _plan(self) -> int:
     if self.valid_data is not None and len(self.valid_data) == 0: self.valid_data = None
     return c.epochs * math.ceil(nb / c.grad_accumulation) if c.epochs else c.iters
 
-Trainer._n_batches, Trainer._plan = _n_batches, _plan
-
 # %% ../nbs/05_train.ipynb #09ca902d
-def _setup(self, resume=None):
+@patch
+def _setup(self:Trainer, resume=None):
     "Optimizer, compiled step and (on resume) the restored state."
     c, m = self.config, self.model
     if not resume: self._check_fresh()
@@ -256,14 +249,16 @@ def _setup(self, resume=None):
     self._state = [m.state, self.optimizer.state, mx.random.state]
     self._micro, self._update = make_step(m, self.optimizer, batch_loss, c.max_grad_norm, self.world_size > 1)
 
-def _check_fresh(self):
+@patch
+def _check_fresh(self:Trainer):
     "Refuse to start a new run in a folder holding another run's checkpoints."
     if ck := list_checkpoints(self.run_dir/"checkpoints"):
         raise TrainingError(f"The run folder '{self.run_dir}' already holds another run's checkpoints (the newest: {ck[-1].name}).",
                             hint="Resume that run (resume=True, `ft train --resume NAME`), set another run_name, or delete the folder.",
                             path=str(self.run_dir))
 
-def _restore(self, ck:Path):
+@patch
+def _restore(self:Trainer, ck:Path):
     "Load a checkpoint into the model, optimizer and counters."
     d = load_checkpoint(ck)
     self.model.load_weights(str(ck/"adapters.safetensors"), strict=False)
@@ -275,17 +270,17 @@ def _restore(self, ck:Path):
     self._last_save = self.step
     mx.eval(self.model.parameters(), self.optimizer.state)
 
-Trainer._setup, Trainer._check_fresh, Trainer._restore = _setup, _check_fresh, _restore
-
 # %% ../nbs/05_train.ipynb #9f775aeb
-def _with_events(self, f, name:str, exc):
+@patch
+def _with_events(self:Trainer, f, name:str, exc):
     "before_{name}, f(), after_{name} with f's metrics; `exc` cancels just this part."
     try:
         self(f"before_{name}")
         self(f"after_{name}", **(f() or {}))
     except exc as e: self("after_cancel", scope=name, reason=str(e) or type(e).__name__)
 
-def fit(self, resume=None) -> dict:
+@patch
+def fit(self:Trainer, resume=None) -> dict:
     "Train (or resume) to the end; return the history."
     self._setup(resume)
     if self.rank == 0:
@@ -303,10 +298,9 @@ def fit(self, resume=None) -> dict:
     self("after_fit", run_dir=str(self.run_dir), stopped=self.stopped, total_steps=self.total_steps)
     return self.history
 
-Trainer._with_events, Trainer.fit = _with_events, fit
-
 # %% ../nbs/05_train.ipynb #c45fca65
-def _one_epoch(self):
+@patch
+def _one_epoch(self:Trainer):
     "Optimizer steps over (the rest of) this epoch's batches."
     c, e = self.config, self.epoch
     its = iterate_batches(self.train_data, c.batch_size, c.max_seq_length, pack=c.pack, shuffle=True, seed=c.seed,
@@ -319,7 +313,8 @@ def _one_epoch(self):
     self.epoch, self.batch = e + 1, 0
     return {"epoch": e}
 
-def _one_step(self, group) -> dict:
+@patch
+def _one_step(self:Trainer, group) -> dict:
     "One optimizer step over a group of micro-batches; its metrics."
     tic = time.perf_counter()
     mx.random.seed(_step_seed(self.config.seed, self.step))
@@ -342,19 +337,19 @@ def _one_step(self, group) -> dict:
                 tokens_per_sec=n / dt, trained_tokens=self.trained_tokens, step_time=dt, n_real=real, n_padded=padded,
                 active_memory=mem.active / GB, peak_memory=mem.peak / GB)
 
-Trainer._one_epoch, Trainer._one_step = _one_epoch, _one_step
-
 # %% ../nbs/05_train.ipynb #c55e33f2
-def _after_step(self):
+@patch
+def _after_step(self:Trainer):
     "Validation, checkpoint and stop request at a step boundary."
     c = self.config
-    if self.step % c.eval_every == 0 and self.step < self.total_steps: self.evaluate()
+    if self.step % c.eval_every == 0 and self.step < self.total_steps: self.validate()
     if self.step % c.save_every == 0: self.save()
     flag = self._stop.is_set()
     if self.world_size > 1: flag = mx.distributed.all_sum(mx.array(int(flag))).item() > 0
     if flag: raise CancelFitException("stopped by request")
 
-def evaluate(self) -> float|None:
+@patch
+def validate(self:Trainer) -> float|None:
     "Validation loss now (announced as `after_eval`); None without validation data."
     if self.valid_data is None: return None
     c, tic = self.config, time.perf_counter()
@@ -363,14 +358,14 @@ def evaluate(self) -> float|None:
     self("after_eval", val_loss=v, val_time=time.perf_counter() - tic)
     return v
 
-Trainer._after_step, Trainer.evaluate = _after_step, evaluate
-
 # %% ../nbs/05_train.ipynb #34c29ec0
-def save_adapters_to(self, directory) -> Path:
+@patch
+def save_adapters(self:Trainer, directory) -> Path:
     "Write the current adapters (mlx-lm format) to `directory`."
-    return save_adapters(self.model, self.adapter_config, directory)
+    return write_adapters(self.model, self.adapter_config, directory)
 
-def save(self) -> Path|None:
+@patch
+def save(self:Trainer) -> Path|None:
     "Checkpoint the run now (rank 0 writes; others just count)."
     self._last_save = self.step
     if self.rank != 0: return None
@@ -383,14 +378,33 @@ def save(self) -> Path|None:
     self("after_save", path=str(ck))
     return ck
 
-def _finish(self):
+@patch
+def _finish(self:Trainer):
     "The end of every run: last validation, checkpoint, adapters and plot."
-    if not self.stopped and self._last_eval != self.step: self.evaluate()
+    if not self.stopped and self._last_eval != self.step: self.validate()
     if self._last_save != self.step: self.save()
     if self.rank != 0: return
     with disk_errors(self.run_dir/"training.png", "plot"): save_plot(self.history, self.run_dir/"training.png", title=self.run_dir.name)
 
-Trainer.save_adapters, Trainer.save, Trainer._finish = save_adapters_to, save, _finish
+# %% ../nbs/05_train.ipynb #3defb779
+_LOOP = (("before_fit", 0, ""), ("before_epoch", 1, "each pass over the data"), ("before_step", 2, "each optimizer step"),
+         ("after_step", 2, ""), ("after_eval", 2, "every eval_every steps"), ("after_save", 2, "every save_every steps"),
+         ("after_epoch", 1, ""), ("after_cancel", 1, "when a step, an epoch or the run is cancelled"),
+         ("after_eval", 0, "the last validation"), ("after_save", 0, "the last checkpoint"), ("after_fit", 0, ""))
+
+@patch
+def event_table(self:Trainer) -> str:
+    "The events nested as the loop sends them, each with the callbacks that handle it (in order)."
+    cbs = sort_callbacks(self.cbs)
+    rows = [("  " * depth + ev + (f" ({when})" if when else ""), ", ".join(type(cb).__name__ for cb in cbs if callable(getattr(cb, ev, None))) or "-")
+            for ev, depth, when in _LOOP]
+    w = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
+
+@patch
+def show_events(self:Trainer):
+    "Print `event_table`."
+    print(self.event_table())
 
 # %% ../nbs/05_train.ipynb #a3be11c6
 def train(config=None, *, model=None, tokenizer=None, data=None, callbacks=(), run_dir=None, resume=None, **overrides) -> Trainer:

@@ -11,16 +11,16 @@ from dataclasses import fields
 from functools import partial
 from pathlib import Path
 import yaml
+from fastcore.basics import patch
 import ipywidgets as W
-from .config import GROUPS, TrainConfig, check_value, field_names, list_profiles, load_config, _base_types, _yval
+from .config import GROUPS, TrainConfig, as_config, check_value, field_names, list_profiles, load_config, _base_types, _yval
 from .errors import ConfigError, FinetuneError, explain
 from .callbacks import Callback, Progress, format_metrics
 from .liveplot import LivePlot
 
 # %% auto #0
-__all__ = ['DATA_EXTS', 'field_widget', 'write_widget', 'read_widget', 'ConfigForm', 'field_errors', 'config', 'apply_profile',
-           'load', 'save', 'model_choices', 'ModelPicker', 'examples_dir', 'dataset_choices', 'DatasetPicker',
-           'preview', 'TrainPanel', 'train', 'stop', 'wait', 'ChatCompare', 'ask', 'from_run', 'Studio']
+__all__ = ['DATA_EXTS', 'field_widget', 'write_widget', 'read_widget', 'ConfigForm', 'model_choices', 'ModelPicker',
+           'examples_dir', 'dataset_choices', 'DatasetPicker', 'TrainPanel', 'ChatCompare', 'Studio']
 
 # %% ../nbs/07_widgets.ipynb #2a72b1ca
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -68,12 +68,6 @@ def _err_html(e:BaseException) -> str:
     msg, hint = (e.message, e.hint) if isinstance(e, FinetuneError) else (explain(e), None)
     return f"<span style='color:#c0392b'>&#9888; {html.escape(msg)}" + (f"<br><small>{html.escape(hint)}</small>" if hint else "") + "</span>"
 
-def _as_config(config=None, **overrides) -> TrainConfig:
-    "A TrainConfig from None (the defaults), a TrainConfig, a dict or a YAML path, plus overrides."
-    if isinstance(config, TrainConfig): return TrainConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
-    if isinstance(config, dict): return load_config(**{**config, **overrides})
-    return load_config(config, **overrides)
-
 # %% ../nbs/07_widgets.ipynb #b7525987
 class ConfigForm:
     "A form for every `TrainConfig` field, in tabs by group, validated as you type; loads and saves YAML."
@@ -88,7 +82,7 @@ class ConfigForm:
         self.load_button, self.save_button = W.Button(description="Load", icon="folder-open"), W.Button(description="Save", icon="save")
         self.status = W.HTML()
         self._quiet = False
-        self.set_config(_as_config(config, **overrides))
+        self.set_config(as_config(config, **overrides))
         for n, w in self.widgets.items(): w.observe(partial(self._changed, n), "value")
         self.profile.observe(lambda ch: self._quiet or self.apply_profile(ch["new"]), "value")
         self.load_button.on_click(lambda _: self.load())
@@ -100,7 +94,8 @@ class ConfigForm:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/07_widgets.ipynb #0fc18c67
-def _tabs(self) -> W.Tab:
+@patch
+def _tabs(self:ConfigForm) -> W.Tab:
     "One tab per group, one row per field: widget, error, help."
     def row(n):
         help_ = W.HTML(f"<small style='color:#666'>{html.escape(_FIELDS[n].metadata['help'])}</small>", layout=W.Layout(margin="0 0 6px 160px"))
@@ -108,7 +103,8 @@ def _tabs(self) -> W.Tab:
     pages = [W.VBox([row(n) for n in field_names() if _FIELDS[n].metadata["group"] == g]) for g in GROUPS]
     return W.Tab(children=pages, titles=list(GROUPS))
 
-def _set_config(self, c:TrainConfig):
+@patch
+def set_config(self:ConfigForm, c:TrainConfig):
     "Show config `c` in the form (no validation messages)."
     self._quiet = True
     try:
@@ -116,16 +112,16 @@ def _set_config(self, c:TrainConfig):
         if c.profile in dict(self.profile.options).values(): self.profile.value = c.profile
     finally: self._quiet = False
 
-def _changed(self, name, change=None):
+@patch
+def _changed(self:ConfigForm, name, change=None):
     "Validate one field as it changes; show the error beside it."
     if self._quiet: return
     try: check_value(name, self[name], "form"); self.errors[name].value = ""
     except ConfigError as e: self.errors[name].value = _err_html(e)
 
-ConfigForm._tabs, ConfigForm.set_config, ConfigForm._changed = _tabs, _set_config, _changed
-
 # %% ../nbs/07_widgets.ipynb #4d6fe046
-def field_errors(self) -> dict:
+@patch
+def field_errors(self:ConfigForm) -> dict:
     "Check every field; show and return {field: message} of those that fail."
     errs = {}
     for n in field_names():
@@ -133,8 +129,8 @@ def field_errors(self) -> dict:
         except ConfigError as e: self.errors[n].value, errs[n] = _err_html(e), e.message
     return errs
 
-@property
-def config(self) -> TrainConfig:
+@patch(as_prop=True)
+def config(self:ConfigForm) -> TrainConfig:
     "The validated `TrainConfig` in the form; raises `ConfigError` (shown beside the field) when it is not valid."
     errs = self.field_errors()
     if errs:
@@ -148,17 +144,17 @@ def config(self) -> TrainConfig:
     self.status.value = ""
     return c
 
-ConfigForm.field_errors, ConfigForm.config = field_errors, config
-
 # %% ../nbs/07_widgets.ipynb #dbc5c486
-def apply_profile(self, name:str|None):
+@patch
+def apply_profile(self:ConfigForm, name:str|None):
     "Fill every field from `load_config(profile=name)`, keeping the model and data in the form."
     try:
         keep = {k: self[k] for k in ("model", "data") if self[k]}
         self.set_config(load_config(profile=name, **keep)); self.status.value = f"Filled the form from profile <b>{html.escape(str(name))}</b>." if name else ""
     except FinetuneError as e: self.status.value = _err_html(e)
 
-def load(self, path=None) -> TrainConfig|None:
+@patch
+def load(self:ConfigForm, path=None) -> TrainConfig|None:
     "Fill the form from a YAML file (merged over the defaults and its profile as `load_config` does)."
     path = Path(path or self.path.value)
     try: c = load_config(path)
@@ -166,15 +162,14 @@ def load(self, path=None) -> TrainConfig|None:
     self.set_config(c); self.status.value = f"Loaded <code>{html.escape(str(path))}</code>."
     return c
 
-def save(self, path=None) -> Path|None:
+@patch
+def save(self:ConfigForm, path=None) -> Path|None:
     "Validate the form and write it as commented YAML."
     path = Path(path or self.path.value)
     try: self.config.to_yaml(path)
     except FinetuneError: return None
     self.status.value = f"Saved <code>{html.escape(str(path))}</code>."
     return path
-
-ConfigForm.apply_profile, ConfigForm.load, ConfigForm.save = apply_profile, load, save
 
 # %% ../nbs/07_widgets.ipynb #4d79f968
 def model_choices(search=()) -> list[str]:
@@ -199,7 +194,8 @@ class ModelPicker:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/07_widgets.ipynb #3a207dec
-def _check_model(self) -> Path|None:
+@patch
+def check(self:ModelPicker) -> Path|None:
     "Resolve the chosen model; show its directory and family, or the error."
     from finetune.models import resolve_model
     try: p = resolve_model(self.box.value)
@@ -208,8 +204,6 @@ def _check_model(self) -> Path|None:
     except Exception: mt = "?"
     self.info.value = f"&#10003; <b>{html.escape(self.box.value)}</b>: {html.escape(mt)} model in <code>{html.escape(str(p))}</code>"
     return p
-
-ModelPicker.check = _check_model
 
 # %% ../nbs/07_widgets.ipynb #213da85a
 DATA_EXTS = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -259,14 +253,16 @@ class DatasetPicker:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/07_widgets.ipynb #939945aa
-def _tokenizer(self, model:str):
+@patch
+def _tokenizer(self:DatasetPicker, model:str):
     "The (cached) tokenizer of `model`, loaded without its weights."
     from finetune.models import resolve_model
     from mlx_lm.utils import load_tokenizer
     if model not in self._toks: self._toks[model] = load_tokenizer(resolve_model(model))
     return self._toks[model]
 
-def preview(self, tokenizer=None):
+@patch
+def preview(self:DatasetPicker, tokenizer=None):
     "Show the first rows, the detected format and the data report; return the report (None on an error, which is shown)."
     from finetune.data import detect_format, load_source, map_columns, resolve_sources
     from finetune.registry import resolve_dataset
@@ -283,8 +279,6 @@ def preview(self, tokenizer=None):
     self.view.value = (f"<p><b>{len(ds):,} training rows</b>, format <b>{self.format}</b> (detected from columns "
                        f"{html.escape(', '.join(ds.column_names))}). First {len(self.rows)}:</p>{_rows_html(self.rows)}{self.report._repr_html_()}")
     return self.report
-
-DatasetPicker._tokenizer, DatasetPicker.preview = _tokenizer, preview
 
 # %% ../nbs/07_widgets.ipynb #7b9d9b29
 class _Status(Callback):
@@ -319,12 +313,14 @@ class TrainPanel:
     def running(self) -> bool: return self.thread is not None and self.thread.is_alive()
 
 # %% ../nbs/07_widgets.ipynb #512a5d5a
-def _read_config(self) -> TrainConfig:
+@patch
+def _read_config(self:TrainPanel) -> TrainConfig:
     "The config of the next run: the form's (validated) or the one given."
     if isinstance(self.source, ConfigForm): return self.source.config
-    return _as_config(self.source)
+    return as_config(self.source)
 
-def train(self) -> bool:
+@patch
+def train(self:TrainPanel) -> bool:
     "Start a run on a background thread; False (with a message) when one is running or the config is invalid."
     if self.running: self._say("A run is already going: press Stop (or wait for it to end) before starting another.", error=True); return False
     try: self.config = self._read_config()
@@ -337,10 +333,9 @@ def train(self) -> bool:
     self.thread.start()
     return True
 
-TrainPanel._read_config, TrainPanel.train = _read_config, train
-
 # %% ../nbs/07_widgets.ipynb #b0131b44
-def _run(self, c:TrainConfig):
+@patch
+def _run(self:TrainPanel, c:TrainConfig):
     "The body of the training thread."
     from finetune.train import Trainer
     try:
@@ -357,7 +352,8 @@ def _run(self, c:TrainConfig):
         self.out.append_stderr(explain(e) + "\n" + ("" if isinstance(e, FinetuneError) else traceback.format_exc()))
     finally: self.train_button.disabled, self.stop_button.disabled = False, True
 
-def stop(self) -> bool:
+@patch
+def stop(self:TrainPanel) -> bool:
     "Ask the run to end at the next step boundary (it saves a checkpoint); False when none is running."
     if not self.running: self._say("No run is going."); return False
     self._stop_asked = True
@@ -365,12 +361,11 @@ def stop(self) -> bool:
     self._say("stopping at the next step boundary…")
     return True
 
-def wait(self, timeout:float|None=None) -> bool:
+@patch
+def wait(self:TrainPanel, timeout:float|None=None) -> bool:
     "Block until the run ends (or `timeout` seconds pass); whether it has ended."
     if self.thread is not None: self.thread.join(timeout)
     return not self.running
-
-TrainPanel._run, TrainPanel.stop, TrainPanel.wait = _run, stop, wait
 
 # %% ../nbs/07_widgets.ipynb #a5a8478d
 class ChatCompare:
@@ -388,7 +383,8 @@ class ChatCompare:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/07_widgets.ipynb #16ec2495
-def ask(self, prompt:str|None=None) -> dict:
+@patch
+def ask(self:ChatCompare, prompt:str|None=None) -> dict:
     "Stream every model's answer to `prompt` (default: the box's text) into its box; the answers."
     from finetune.generate import stream
     if prompt is not None: self.prompt.value = prompt
@@ -404,14 +400,12 @@ def ask(self, prompt:str|None=None) -> dict:
             self.answers[k].value, self.updates[k] = texts[k], self.updates[k] + 1
     return texts
 
-@classmethod
-def from_run(cls, run_dir, **kwargs) -> ChatCompare:
+@patch(cls_method=True)
+def from_run(cls:ChatCompare, run_dir, **kwargs) -> ChatCompare:
     "Compare the base model of run `run_dir` with the model it trained."
     from finetune.generate import load
     c = TrainConfig.from_yaml(Path(run_dir)/"config.yaml")
     return cls({"base": load(c.model), "tuned": load(c.model, adapter_path=run_dir)}, **kwargs)
-
-ChatCompare.ask, ChatCompare.from_run = ask, from_run
 
 # %% ../nbs/07_widgets.ipynb #db32ee8d
 class Studio:
