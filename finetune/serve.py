@@ -6,22 +6,26 @@ Docs: https://finetune-dev.github.io/finetune/serve.html.md"""
 
 # %% ../nbs/13_serve.ipynb #9339524e
 from __future__ import annotations
-import asyncio, ipaddress, json, os, queue, threading, time, uuid
+import asyncio, ipaddress, json, logging, os, queue, threading, time, uuid
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from fastcore.basics import patch
 from .errors import ConfigError, FinetuneError
 from .callbacks import Callback
 from .tiny import finetune_home
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # %% auto #0
-__all__ = ['ROLES', 'TERMINAL', 'HOLD_ENV', 'APIError', 'is_loopback', 'check_bind', 'RateLimiter', 'parse_json', 'sampling_args',
-           'chat_messages', 'completion_prompt', 'ModelPool', 'complete', 'stream_events', 'chat_response',
-           'completion_response', 'stream_chunk', 'sse', 'Job', 'JobEvents', 'HoldAfterStep', 'job_callbacks',
-           'job_config', 'JobQueue', 'create_app', 'run_server']
+__all__ = ['log', 'ROLES', 'TERMINAL', 'HOLD_ENV', 'APIError', 'server_error', 'is_loopback', 'check_bind', 'RateLimiter',
+           'parse_json', 'sampling_args', 'chat_messages', 'completion_prompt', 'MLXThread', 'SharedBase', 'ModelPool',
+           'complete', 'stream_events', 'chat_response', 'completion_response', 'stream_chunk', 'sse', 'sse_stream',
+           'Job', 'JobEvents', 'HoldAfterStep', 'job_callbacks', 'job_config', 'JobQueue', 'create_app', 'run_server']
 
 # %% ../nbs/13_serve.ipynb #5adde552
 class APIError(Exception):
@@ -31,6 +35,35 @@ class APIError(Exception):
         super().__init__(message)
     def body(self) -> dict: return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
     def response(self) -> JSONResponse: return JSONResponse(self.body(), status_code=self.status)
+
+# %% ../nbs/13_serve.ipynb #ed926140
+log = logging.getLogger("finetune.serve")
+
+def server_error(e:BaseException) -> APIError:
+    "The 500 for an unexpected exception `e`: logged with its traceback here, named only by its type to the client."
+    log.error("Request failed: %s", type(e).__name__, exc_info=e)
+    return APIError(500, f"The server failed ({type(e).__name__}); its log has the details.", type="server_error", code="internal_error")
+
+def _error_handlers(app):
+    "Answer every error as JSON in OpenAI's shape: refusals, unknown routes and methods, invalid parameters, crashes."
+    @app.exception_handler(APIError)
+    async def api_error(request, e:APIError): return e.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e):
+        path, msgs = request.url.path, {404: "There is no route {p}.", 405: "{m} is not allowed on {p}."}
+        msg = msgs.get(e.status_code, "{d}").format(p=path, m=request.method, d=e.detail)
+        r = APIError(e.status_code, msg, code="not_found" if e.status_code == 404 else None).response()
+        r.headers.update(e.headers or {})
+        return r
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e):
+        where = "; ".join(f"{'.'.join(map(str, x.get('loc', ())))}: {x.get('msg')}" for x in e.errors())
+        return APIError(422, f"The request is not valid: {where}.").response()
+
+    @app.exception_handler(Exception)
+    async def crash(request, e): return server_error(e).response()
 
 # %% ../nbs/13_serve.ipynb #91ae364e
 def is_loopback(host:str) -> bool:
@@ -122,76 +155,213 @@ def completion_prompt(body:dict) -> str:
     return p
 
 # %% ../nbs/13_serve.ipynb #d81e55c6
-class ModelPool:
-    "The served model plus other runs' adapters loaded on demand; `lock` serializes all MLX work."
-    def __init__(self, model:str="tiny", adapter:str|None=None, keep:int=2):
-        from finetune.generate import load
-        self.base, self.adapter, self.keep, self.lock = str(model), adapter, keep, threading.RLock()
-        self.default_id = Path(str(adapter)).name if adapter else self.base  # a run is served under its folder's name
-        with self.lock: self.default = load(self.base, adapter_path=self._adapter_path(adapter) if adapter else None)
-        self.extra = {}  # run name -> (model, tokenizer), most recently used last
+class MLXThread:
+    "One daemon thread that runs the functions given to it, in order: every MLX array is made, evaluated and freed on it."
+    def __init__(self, name:str="mlx"):
+        self.todo = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
 
-    def _adapter_path(self, name:str) -> str:
-        from finetune.registry import Registry
-        return Registry().run_path(name)
+    def _loop(self):
+        while True:
+            fut, fn, args = self.todo.get()
+            if not fut.set_running_or_notify_cancel(): continue
+            try: fut.set_result(fn(*args))
+            except BaseException as e: fut.set_exception(e)
 
-    def ids(self) -> list[str]:
-        "Model ids a request may name: the served model, its base, and every run with adapters."
-        from finetune.registry import Registry
-        runs = [r["name"] for r in Registry().runs() if r.get("adapters")]
-        return list(dict.fromkeys([self.default_id, self.base, *runs]))
+    def submit(self, fn, *args) -> Future:
+        "Queue `fn(*args)` on the thread; a `Future` of its result."
+        fut = Future()
+        self.todo.put((fut, fn, args))
+        return fut
+
+    def call(self, fn, *args):
+        "`fn(*args)` run on the thread (directly when already on it): its result, or its exception raised here."
+        return fn(*args) if threading.current_thread() is self.thread else self.submit(fn, *args).result()
+
+# %% ../nbs/13_serve.ipynb #c79edd07
+def _set_module(model, path:str, module):
+    "Put `module` at the dotted `path` inside `model` (list items by index)."
+    *up, last = path.split(".")
+    parent = model
+    for p in up: parent = parent[int(p)] if isinstance(parent, list) else getattr(parent, p)
+    if isinstance(parent, list): parent[int(last)] = module
+    else: setattr(parent, last, module)
+
+class SharedBase:
+    "A loaded base model whose runs' LoRA/DoRA adapters are swapped in per request; they wrap the base's layers, never copies."
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer, self.active, self.layers, self.originals = model, tokenizer, None, {}, {}
+
+    def use(self, key=None):
+        "Run the model with the adapters added as `key` (None: the plain base); the model."
+        if key == self.active: return self.model
+        if key is not None and key not in self.layers: raise KeyError(f"No adapters '{key}' on this base.")
+        for p in self.layers.get(self.active, {}): _set_module(self.model, p, self.originals[p])
+        for p, m in self.layers.get(key, {}).items(): _set_module(self.model, p, m)
+        self.active = key
+        return self.model
+
+# %% ../nbs/13_serve.ipynb #07297c0c
+@patch
+def add(self:SharedBase, key:str, path):
+    "Load the adapters saved in run folder `path` as `key` (evaluated now, on this thread); the base is left active."
+    import mlx.core as mx
+    from finetune.models import load_adapters
+    self.use(None)
+    before = dict(self.model.named_modules())
+    try:
+        load_adapters(self.model, path)
+        mx.eval(self.model.parameters())  # adapter weights are read lazily: read them here, not in a later thread
+    finally:  # the base's own layers go back, whether or not the adapters fitted
+        new = {p: m for p, m in self.model.named_modules() if p in before and m is not before[p]}
+        for p in new: _set_module(self.model, p, before[p])
+    self.originals.update({p: before[p] for p in new})
+    self.layers[key] = new
+
+@patch
+def drop(self:SharedBase, key:str):
+    "Forget the adapters added as `key`."
+    if self.active == key: self.use(None)
+    self.layers.pop(key, None)
 
 # %% ../nbs/13_serve.ipynb #b10be994
-def _get(self, name:str|None):
-    "(model, tokenizer) for a request's `model` (None, the served id or the base name: the served model); 404 if unknown."
-    if name in (None, "", self.default_id, self.base, Path(self.base).name, self.adapter and str(self.adapter)): return self.default
-    if name in self.extra: self.extra[name] = self.extra.pop(name); return self.extra[name]
-    from finetune.generate import load
-    try: path = self._adapter_path(name)
-    except FinetuneError: raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found") from None
-    if not (Path(path)/"adapters.safetensors").is_file():
-        raise APIError(404, f"The run '{name}' has no adapters yet.", param="model", code="model_not_found")
-    with self.lock:
-        m = load(self.base, adapter_path=path)
-        self.extra[name] = m
-        while len(self.extra) > self.keep: self.extra.pop(next(iter(self.extra)))
-    return m
+class ModelPool:
+    "The served base model and runs' adapters, swapped per request without reloading the base; MLX work runs on one thread."
+    def __init__(self, model:str="tiny",      # The base model (any name `load_model` takes)
+                 adapter:str|None=None,       # A run (name or folder) served by default on it
+                 keep:int=8,                  # Most runs' adapters kept loaded (least recently used dropped first)
+                ):
+        self.base, self.adapter, self.keep, self.lock = str(model), adapter, keep, threading.RLock()
+        self.thread, self.bases, self.runs, self.base_loads = MLXThread(), {}, {}, 0
+        self.default_key = self._run_dir(adapter) if adapter else None
+        self.default_id = Path(self.default_key).name if adapter else self.base  # a run is served under its folder's name
+        self.call(self.prepare, self.default_key)
 
-ModelPool.get = _get
+    def submit(self, fn, *args) -> Future:
+        "Queue `fn(*args)` on the MLX thread, holding `lock` (which a training job holds while it runs)."
+        def locked():
+            with self.lock: return fn(*args)
+        return self.thread.submit(locked)
+
+    def call(self, fn, *args):
+        "`fn(*args)` run on the MLX thread under `lock`; its result."
+        return fn(*args) if threading.current_thread() is self.thread.thread else self.submit(fn, *args).result()
+
+# %% ../nbs/13_serve.ipynb #e0f23b27
+@patch
+def _run_dir(self:ModelPool, name:str) -> str:
+    "The folder of run `name` when it has adapters; else a 404."
+    from finetune.registry import Registry
+    try: path = Path(Registry().run_path(name)).resolve()
+    except FinetuneError: raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found") from None
+    if not (path/"adapters.safetensors").is_file():
+        raise APIError(404, f"The run '{name}' has no adapters yet.", param="model", code="model_not_found")
+    return str(path)
+
+@patch
+def key(self:ModelPool, name) -> str|None:
+    "The run folder a request's `model` names, or None for the plain base (no name: the served default)."
+    if name is None or name == "": return self.default_key
+    if not isinstance(name, str): raise APIError(400, f"'model' must be a string, not {type(name).__name__}.", param="model")
+    if name == self.default_id or (self.adapter and name == str(self.adapter)): return self.default_key
+    if name in (self.base, Path(self.base).name): return None
+    return self._run_dir(name)
+
+@patch
+def ids(self:ModelPool) -> list[str]:
+    "Model ids a request may name: the served one, the base, and every run with adapters."
+    from finetune.registry import Registry
+    runs = [r["name"] for r in Registry().runs() if r.get("adapters")]
+    return list(dict.fromkeys([self.default_id, self.base, *runs]))
+
+# %% ../nbs/13_serve.ipynb #9f75db83
+def _run_settings(path) -> dict:
+    "The prompt template and data format run `path` trained with (as `generate.load` reads them)."
+    from finetune.config import TrainConfig
+    cfg = Path(path)/"config.yaml"
+    if not cfg.exists(): return {}
+    c = TrainConfig.from_yaml(cfg)
+    return dict(template=c.template, fmt=c.data_format if c.data_format not in (None, "auto") else None)
+
+@patch
+def _base_model(self:ModelPool, q=None) -> SharedBase:
+    "The base model quantized as `q` (`(bits, group_size)`, or None as it is stored), loaded on first use only."
+    if q not in self.bases:
+        import mlx.core as mx
+        from finetune.models import load_model
+        model, tok = load_model(self.base, quantize_bits=q and q[0], group_size=q and q[1])
+        mx.eval(model.parameters())
+        model.eval()
+        self.bases[q], self.base_loads = SharedBase(model, tok), self.base_loads + 1
+    return self.bases[q]
+
+@patch
+def _load_run(self:ModelPool, key:str) -> dict:
+    "Run `key` loaded: its adapters added to the base it was trained on (a full fine-tune: a model of its own)."
+    import mlx.core as mx
+    from finetune.models import read_adapter_config
+    acfg, settings = read_adapter_config(key), _run_settings(key)
+    if acfg.get("fine_tune_type") == "full":
+        from finetune.generate import load
+        model, tok = load(self.base, adapter_path=key)
+        mx.eval(model.parameters())
+        return dict(model=model, tokenizer=tok, settings=settings)
+    bq = acfg.get("base_quantization")
+    base = self._base_model((bq["bits"], bq["group_size"]) if bq else None)
+    base.add(key, key)
+    return dict(base=base, settings=settings)
+
+# %% ../nbs/13_serve.ipynb #a5a99e50
+@patch
+def prepare(self:ModelPool, key:str|None):
+    "Load run `key`'s adapters (None: the base) unless they are loaded; keep the `keep` most recently used runs."
+    if key is None: self._base_model(None); return
+    self.runs[key] = self.runs.pop(key) if key in self.runs else self._load_run(key)  # most recently used last
+    for old in [k for k in self.runs if k not in (key, self.default_key)][:max(0, len(self.runs) - self.keep)]:
+        if "base" in (r := self.runs.pop(old)): r["base"].drop(old)
+
+@patch
+def use(self:ModelPool, key:str|None) -> tuple:
+    "`(model, tokenizer, settings)` with run `key`'s adapters in place (None: the plain base); on the MLX thread."
+    self.prepare(key)
+    if key is None: return self.bases[None].use(None), self.bases[None].tokenizer, {}
+    r = self.runs[key]
+    if "model" in r: return r["model"], r["tokenizer"], r["settings"]
+    return r["base"].use(key), r["base"].tokenizer, r["settings"]
 
 # %% ../nbs/13_serve.ipynb #f38942bd
+def _chunks(pool:ModelPool, key, prompt, args:dict, raw:bool):
+    "The `Chunk`s of one generation with run `key` (None: the base); on the MLX thread."
+    from finetune.generate import stream
+    model, tok, settings = pool.use(key)
+    yield from stream(model, tok, prompt, **{**settings, **({"template": "none"} if raw else {}), **args})
+
 def complete(pool:ModelPool, name, prompt, args:dict, raw:bool=False) -> tuple[str, str, int, int]:
     "(text, finish_reason, prompt_tokens, completion_tokens) of one generation; `raw` prompts are plain text."
-    from finetune.generate import stream
-    model, tok = pool.get(name)
-    text, last = [], None
-    with pool.lock:
-        try:
-            for c in stream(model, tok, prompt, template="none" if raw else None, **args): text.append(c.text); last = c
-        except FinetuneError as e: raise APIError(400, e.message) from None
-    return "".join(text), (last.finish_reason if last else "length") or "length", last.prompt_tokens if last else 0, last.generation_tokens if last else 0
+    key = pool.key(name)
+    try: chunks = pool.call(lambda: list(_chunks(pool, key, prompt, args, raw)))
+    except FinetuneError as e: raise APIError(400, e.message) from None
+    last = chunks[-1] if chunks else None
+    return "".join(c.text for c in chunks), (last.finish_reason if last else "length") or "length", last.prompt_tokens if last else 0, last.generation_tokens if last else 0
 
 # %% ../nbs/13_serve.ipynb #33e3f324
 _DONE = object()
 
 async def stream_events(pool:ModelPool, name, prompt, args:dict, raw:bool=False):
-    "Async iterator of `Chunk`s of one generation, made in a worker thread under the pool's lock."
-    from finetune.generate import stream
-    model, tok = pool.get(name)
-    loop, q, cancel = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
-    def put(x): loop.call_soon_threadsafe(q.put_nowait, x)
+    "Async iterator of the `Chunk`s of one generation, made on the pool's MLX thread; closing it stops the generation."
+    key, loop, q, cancel = pool.key(name), asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+    def put(x):
+        try: loop.call_soon_threadsafe(q.put_nowait, x)
+        except RuntimeError: pass  # the event loop is gone
     def work():
-        try:
-            with pool.lock:
-                for c in stream(model, tok, prompt, template="none" if raw else None, **args):
-                    if cancel.is_set(): break
-                    put(c)
-        except Exception as e: put(e)
-        finally: put(_DONE)
-    threading.Thread(target=work, daemon=True).start()
+        for c in ([] if cancel.is_set() else _chunks(pool, key, prompt, args, raw)):
+            if cancel.is_set(): break
+            put(c)
+    pool.submit(work).add_done_callback(lambda f: put(f.exception() or _DONE))
     try:
         while (x := await q.get()) is not _DONE:
-            if isinstance(x, Exception): raise x
+            if isinstance(x, BaseException): raise x
             yield x
     finally: cancel.set()
 
@@ -219,6 +389,17 @@ def stream_chunk(id:str, model:str, text:str|None, finish:str|None, chat:bool, f
 def sse(data) -> str:
     "A server-sent event carrying `data` (JSON, or a string such as `[DONE]`)."
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+# %% ../nbs/13_serve.ipynb #0cffa89e
+async def sse_stream(pool:ModelPool, id:str, model:str, name, prompt, args:dict, chat:bool):
+    "The server-sent events of one streamed answer, always ending with `[DONE]`; a failure is an `{\"error\": ...}` event before it."
+    try:
+        if chat: yield sse(stream_chunk(id, model, "", None, True, first=True))
+        async for c in stream_events(pool, name, prompt, args, raw=not chat): yield sse(stream_chunk(id, model, c.text, c.finish_reason, chat))
+    except APIError as e: yield sse(e.body())
+    except FinetuneError as e: yield sse(APIError(400, e.message).body())
+    except Exception as e: yield sse(server_error(e).body())
+    yield sse("[DONE]")
 
 # %% ../nbs/13_serve.ipynb #725ca11b
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -345,7 +526,7 @@ async def _body(request) -> dict:
 
 # %% ../nbs/13_serve.ipynb #fadd5da5
 def create_app(model:str="tiny",           # Model to serve (any name `load_model` takes)
-               adapter:str|None=None,      # A run (name or directory) whose adapters to serve on it
+               adapter:str|None=None,      # A run (name or directory) served by default on it
                api_key:str|None=None,      # Bearer key required on every /v1 route (None: none)
                max_tokens_cap:int=2048,    # Largest max_tokens a request may ask for
                rate_limit:int=60,          # Requests per minute per key (0: no limit)
@@ -365,12 +546,9 @@ def create_app(model:str="tiny",           # Model to serve (any name `load_mode
         if n and n.isdigit() and int(n) > s.max_body:
             return APIError(413, f"The request body is {n} bytes; the limit is {s.max_body}.", code="body_too_large").response()
         if (e := _guard(app, request, request.url.path)) is not None: return e.response()
-        try: return await call_next(request)
-        except APIError as e: return e.response()
+        return await call_next(request)
 
-    @app.exception_handler(APIError)
-    async def api_error(request, e: APIError): return e.response()
-
+    _error_handlers(app)
     _routes(app)
     return app
 
@@ -379,7 +557,9 @@ def _routes(app):
     s = app.state
 
     @app.get("/health")
-    async def health(): return {"status": "ok", "model": s.pool.default_id, "jobs": sum(j.status in ("queued", "running") for j in s.jobs.jobs.values())}
+    async def health():
+        return {"status": "ok", "model": s.pool.default_id, "jobs": sum(j.status in ("queued", "running") for j in s.jobs.jobs.values()),
+                "base_loads": s.pool.base_loads, "runs_loaded": len(s.pool.runs)}
 
     @app.get("/v1/models")
     async def models():
@@ -389,19 +569,14 @@ def _routes(app):
         body = await _body(request)
         args, name = sampling_args(body, s.max_tokens_cap), body.get("model")
         prompt = chat_messages(body) if chat else completion_prompt(body)
-        await run_in_threadpool(s.pool.get, name)  # a 404 now, before any streaming starts
+        key = await run_in_threadpool(s.pool.key, name)  # an unknown model is a 404 now, before any streaming starts
+        try: await asyncio.wrap_future(s.pool.submit(s.pool.prepare, key))  # and adapters that do not load, a 400
+        except FinetuneError as e: raise APIError(400, e.message, param="model") from None
         id, mid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", name or s.pool.default_id
-        if not body.get("stream"):
-            r = await run_in_threadpool(complete, s.pool, name, prompt, args, not chat)
-            return (chat_response if chat else completion_response)(id, mid, *r)
-        async def events():
-            if chat: yield sse(stream_chunk(id, mid, "", None, True, first=True))
-            try:
-                async for c in stream_events(s.pool, name, prompt, args, raw=not chat):
-                    yield sse(stream_chunk(id, mid, c.text, c.finish_reason, chat))
-            except FinetuneError as e: yield sse(APIError(400, e.message).body())
-            yield sse("[DONE]")
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        if body.get("stream"):
+            return StreamingResponse(sse_stream(s.pool, id, mid, name, prompt, args, chat), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        r = await run_in_threadpool(complete, s.pool, name, prompt, args, not chat)
+        return (chat_response if chat else completion_response)(id, mid, *r)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request): return await generation(request, True)

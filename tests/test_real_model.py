@@ -116,9 +116,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_the_real_model(home, gguf_file):
-    "The OpenAI-compatible server on the real model, with the official client."
+def test_serve_the_real_model(home, gguf_file, run):
+    "The server on the real model with the run's adapters switched per request, through the official client, streamed and not."
     import httpx, openai
+    from finetune.generate import generate, load
+    from finetune.registry import Registry
+    Registry().add_run(run.run_dir, name="extract-run", force=True)  # served by its registered name
+    msgs = _prompts(1)[0][0]
+    want = generate(*load("smollm2-135m", adapter_path=run.run_dir), msgs, max_tokens=24)  # finetune's own answer, greedy
     port = _free_port()
     env = {**os.environ, "FINETUNE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     args = dict(model="smollm2-135m", host="127.0.0.1", port=port, log_level="warning")
@@ -132,9 +137,15 @@ def test_serve_the_real_model(home, gguf_file):
                 if httpx.get(url + "/health", timeout=1).status_code == 200: break
             except httpx.HTTPError: time.sleep(0.1)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
-        r = client.chat.completions.create(model="smollm2-135m", messages=[{"role": "user", "content": "What is the capital of France?"}],
-                                           max_tokens=16, temperature=0)
-        assert "Paris" in r.choices[0].message.content, r
+        def ask(model, m=msgs, stream=False, n=24):
+            r = client.chat.completions.create(model=model, messages=m, max_tokens=n, temperature=0, stream=stream)
+            return "".join(c.choices[0].delta.content or "" for c in r) if stream else r.choices[0].message.content
+        assert "Paris" in ask("smollm2-135m", [{"role": "user", "content": "What is the capital of France?"}], n=16)
+        base = ask("smollm2-135m")
+        assert ask("extract-run") == want and ask("extract-run", stream=True) == want
+        assert ask("smollm2-135m", stream=True) == base != want  # back on the base: its own answer, not the adapter's
+        h = httpx.get(url + "/health").json()
+        assert h["base_loads"] == 1 and h["runs_loaded"] == 1, h  # the switches never reloaded the base
     finally:
         p.terminate()
         try: p.wait(10)

@@ -99,6 +99,72 @@ def test_stop_string_cuts(client):
     cut = client.completions.create(model="", prompt="a", max_tokens=12, stop=[stop]).choices[0]
     assert cut.text == full[:full.index(stop)] and cut.finish_reason == "stop"
 
+# ---- adapters per request
+
+@pytest.fixture(scope="module")
+def runs(home):
+    "Two short runs in the server's home (a LoRA and a DoRA one), and a run whose adapters file is broken."
+    from finetune.config import load_config
+    from finetune.train import train
+    def one(name, **kw):
+        cfg = load_config(model=str(home/"tiny"), data=str(home/"data.jsonl"), iters=6, batch_size=2, learning_rate=3e-2, eval_every=100,
+                          seed=0, output_dir=str(home/"runs"), run_name=name, **kw)
+        return train(cfg).run_dir
+    a, b = one("lora-a", lora_layers=1), one("dora-b", fine_tune_type="dora", lora_layers=2)
+    bad = home/"runs"/"broken"
+    bad.mkdir()
+    (bad/"adapter_config.json").write_text((a/"adapter_config.json").read_text())
+    (bad/"adapters.safetensors").write_bytes(b"not a safetensors file")
+    return {"lora-a": a, "dora-b": b}
+
+def test_adapters_switched_per_request(client, server, home, runs):
+    "Requests alternate between the base and two runs; each answers as finetune's own generate with that run, the base is loaded once."
+    from finetune.generate import generate, load
+    msgs = [{"role": "user", "content": "add 3 and 3"}]
+    def ask(model, stream=False):
+        if not stream: return client.chat.completions.create(model=model, messages=msgs, max_tokens=8).choices[0].message.content
+        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(model=model, messages=msgs, max_tokens=8, stream=True))
+    order = ["", "lora-a", "dora-b", "", "dora-b", "lora-a"]
+    got = [ask(m, stream=i % 2 == 1) for i, m in enumerate(order)]
+    want = {n: generate(*load(str(home/"tiny"), adapter_path=d), msgs, max_tokens=8) for n, d in runs.items()}
+    want[""] = generate(*load(str(home/"tiny")), msgs, max_tokens=8)
+    assert got == [want[m] for m in order]
+    assert want["lora-a"] != want[""] or want["dora-b"] != want[""]
+    assert httpx.get(server + "/health").json()["base_loads"] == 1  # six switches, the base loaded once
+
+def test_errors_are_json(server, runs):
+    "Unknown routes and methods, an adapters file that does not load (500), all in OpenAI's error shape; the server stays up."
+    r = httpx.get(server + "/v1/nothing", headers=H)
+    assert r.status_code == 404 and r.json()["error"]["message"] == "There is no route /v1/nothing."
+    r = httpx.get(server + "/v1/chat/completions", headers=H)
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    for stream in (False, True):
+        r = httpx.post(server + "/v1/chat/completions", headers=H, json={"model": "broken", "messages": MSGS, "max_tokens": 2, "stream": stream})
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json", r.text
+        assert r.json()["error"]["type"] == "server_error" and "safetensors" not in r.json()["error"]["message"]
+    r = httpx.post(server + "/v1/chat/completions", headers=H, json={"model": ["x"], "messages": MSGS})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    assert httpx.post(server + "/v1/chat/completions", headers=H, json={"model": "lora-a", "messages": MSGS, "max_tokens": 2}).status_code == 200
+
+def test_stream_failure_ends_with_error_and_done(home, monkeypatch):
+    "A generation that fails half-way sends an error event and then [DONE] (in-process, with a generator that breaks)."
+    from fastapi.testclient import TestClient
+    import finetune.generate
+    from finetune.generate import Chunk
+    from finetune.serve import create_app
+    def broken(*a, **kw):
+        yield Chunk("Hi", None, 3, 1, 1.0)
+        raise RuntimeError("out of memory in the kernel")
+    monkeypatch.setattr(finetune.generate, "stream", broken)
+    monkeypatch.setenv("FINETUNE_HOME", str(home))
+    cl = TestClient(create_app(str(home/"tiny"), rate_limit=0), raise_server_exceptions=False)
+    for path, body in (("/v1/chat/completions", {"messages": MSGS}), ("/v1/completions", {"prompt": "a"})):
+        lines = [l[6:] for l in cl.post(path, json={**body, "stream": True}).text.splitlines() if l.startswith("data: ")]
+        assert lines[-1] == "[DONE]" and json.loads(lines[-2])["error"]["type"] == "server_error", lines
+        assert "Hi" in lines[-3] and "out of memory" not in lines[-2]
+        r = cl.post(path, json=body)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+
 # ---- bad requests
 
 def test_bad_requests(client, server):
