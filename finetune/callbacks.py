@@ -6,8 +6,9 @@ Docs: https://finetune-dev.github.io/finetune/callbacks.html.md"""
 
 # %% ../nbs/06_callbacks.ipynb #a2360a22
 from __future__ import annotations
-import json, math, os, sys
+import json, math, sys
 from pathlib import Path
+from .files import RunDir, atomic_write, write_json
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelStepException', 'CancelEpochException', 'CancelFitException', 'Callback', 'sort_callbacks',
@@ -90,17 +91,15 @@ def plot_history(history:dict, title:str|None=None):
 
 def save_plot(history:dict, path, title:str|None=None) -> Path:
     "Write the loss/memory figure of `history` to `path` (PNG), atomically."
-    path = Path(path); tmp = path.with_name(path.name + ".tmp.png")
-    try: plot_history(history, title).savefig(tmp, dpi=90); os.replace(tmp, path)
-    except BaseException: tmp.unlink(missing_ok=True); raise  # a full disk leaves no half-written file
-    return path
+    fig = plot_history(history, title)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))  # a full disk leaves no half-written file
 
 # %% ../nbs/06_callbacks.ipynb #a1a8f44d
 class MetricsLogger(Callback):
     "Appends every step, validation pass and save as a JSON line to `path` (default run_dir/metrics.jsonl)."
     order = 10
     def __init__(self, path=None): self.path = path
-    def _file(self) -> Path: return Path(self.path or Path(self.trainer.run_dir)/"metrics.jsonl")
+    def _file(self) -> Path: return Path(self.path or RunDir(self.trainer.run_dir).metrics)
     def _write(self, event, m):
         if not self.is_main: return
         with open(self._file(), "a", encoding="utf-8") as f: f.write(json.dumps({"event": event, **m}, default=str) + "\n")
@@ -155,7 +154,7 @@ class BestCheckpoint(Callback):
         if not self.is_main: return
         d = Path(self.trainer.run_dir)/self.dirname
         self.trainer.save_adapters(d)
-        tmp = d/"best.json.tmp"; tmp.write_text(json.dumps({"step": m["step"], "val_loss": m["val_loss"]})); os.replace(tmp, d/"best.json")
+        write_json(d/RunDir.BEST_INFO, {"step": m["step"], "val_loss": m["val_loss"]})
 
 # %% ../nbs/06_callbacks.ipynb #e1d275b5
 def in_notebook() -> bool:

@@ -10,6 +10,7 @@ import errno, json, os, re, shutil, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from .errors import TrainingError
+from .files import RunDir
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
@@ -49,10 +50,10 @@ def _write_checkpoint(tmp:Path, step:int, state:dict, write_adapters, optimizer,
     if write_adapters is not None: write_adapters(tmp)
     arrays = dict(tree_flatten(optimizer.state)) if optimizer is not None else {}
     if rng: arrays["__rng_key__"] = mx.array(mx.random.state[0])
-    mx.save_safetensors(str(tmp/"optimizer.safetensors"), arrays)
+    mx.save_safetensors(str(tmp/RunDir.OPTIMIZER), arrays)
     _pause_hook(step)
-    if config is not None: config.to_yaml(tmp/"config.yaml")
-    (tmp/"state.json").write_text(json.dumps({"step": step, **state}, default=float), encoding="utf-8")
+    if config is not None: config.to_yaml(tmp/RunDir.CONFIG)
+    (tmp/RunDir.STATE).write_text(json.dumps({"step": step, **state}, default=float), encoding="utf-8")
 
 # %% ../nbs/05_train_checkpoint.ipynb #d2d5e16f
 def save_checkpoint(root,                 # The checkpoints directory (created)
@@ -81,7 +82,7 @@ def list_checkpoints(root) -> list[Path]:
     "Complete checkpoint directories under `root`, oldest first."
     root = Path(root)
     if not root.is_dir(): return []
-    ck = [p for p in root.iterdir() if p.is_dir() and CKPT_RE.match(p.name) and (p/"state.json").exists()]
+    ck = [p for p in root.iterdir() if p.is_dir() and CKPT_RE.match(p.name) and (p/RunDir.STATE).exists()]
     return sorted(ck, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
 
 def prune_checkpoints(root, keep:int) -> list[Path]:
@@ -94,8 +95,8 @@ def prune_checkpoints(root, keep:int) -> list[Path]:
 def find_checkpoint(path) -> Path:
     "The checkpoint at `path`: a checkpoint directory itself, or the newest one in a run directory or checkpoints folder."
     p = Path(path)
-    if (p/"state.json").exists() and CKPT_RE.match(p.name): return p
-    for root in (p/"checkpoints", p):
+    if (p/RunDir.STATE).exists() and CKPT_RE.match(p.name): return p
+    for root in (p/RunDir.CHECKPOINTS, p):
         if ck := list_checkpoints(root): return ck[-1]
     raise TrainingError(f"No checkpoint to resume from in '{p}'.",
                         hint="Pass a run directory that has checkpoints/ (save_every steps must have passed), or a checkpoints/step_* directory.", path=str(p))
@@ -109,8 +110,8 @@ def load_checkpoint(path) -> dict:
     "Read a checkpoint: `state` (dict), `optimizer` (nested optimizer state), `rng_key`, `path`."
     ck = find_checkpoint(path)
     try:
-        state = json.loads((ck/"state.json").read_text(encoding="utf-8"))
-        arrays = mx.load(str(ck/"optimizer.safetensors"))
+        state = json.loads((ck/RunDir.STATE).read_text(encoding="utf-8"))
+        arrays = mx.load(str(ck/RunDir.OPTIMIZER))
     except (OSError, ValueError, RuntimeError) as e:
         raise TrainingError(f"Checkpoint '{ck}' is unreadable: {e}", hint="Resume from an earlier checkpoint.", path=str(ck)) from e
     key = arrays.pop("__rng_key__", None)

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 import yaml
 from .errors import ConfigError, DataError, FinetuneError, ModelError, explain
+from .files import RunDir
 
 # %% auto #0
 __all__ = ['app', 'runs_app', 'RUN_COLS', 'model_app', 'dataset_app', 'info', 'make_tiny', 'quickstart', 'bench', 'parse_sets',
@@ -124,7 +125,7 @@ def _run_dir(name:str) -> Path:
 def _train_config(config, profile, preset, sets, resume):
     "The merged config for `ft train`: CONFIG, else the resumed run's config.yaml, else the defaults."
     from finetune.config import as_config
-    if config is None and resume is not None and (_run_dir(resume)/"config.yaml").exists(): config = _run_dir(resume)/"config.yaml"
+    if config is None and resume is not None and RunDir(_run_dir(resume)).config.exists(): config = RunDir(_run_dir(resume)).config
     over = {**parse_sets(sets), **{k: v for k, v in dict(profile=profile, preset=preset).items() if v is not None}}  # a flag beats --set
     c = as_config(config, **over)
     check_data_paths(c)
@@ -179,7 +180,7 @@ def runs_show(run:str=typer.Argument(..., help="A run name or directory."),
     "Show one run's summary and config."
     from finetune.registry import run_summary
     p = _run_dir(run)
-    cfg = yaml.safe_load((p/"config.yaml").read_text()) if (p/"config.yaml").exists() else {}
+    cfg = yaml.safe_load(RunDir(p).config.read_text()) if RunDir(p).config.exists() else {}
     s = run_summary(p, run if "/" not in run else None)
     if as_json: return _show({**s, "config": cfg}, True)
     _show(s, False)
@@ -213,8 +214,8 @@ def _eval_data(run:Path, data:str|None):
     "The data `ft evaluate` uses for `run` (see `finetune.evaluate.held_out`), checked, with hints in CLI terms."
     from finetune.config import TrainConfig
     from finetune.evaluate import held_out
-    if not (run/"config.yaml").exists(): return data
-    src = held_out(TrainConfig.from_yaml(run/"config.yaml"), data)
+    if not RunDir(run).config.exists(): return data
+    src = held_out(TrainConfig.from_yaml(RunDir(run).config), data)
     if src is None: raise DataError(f"Run '{run}' has no held-out data: its config names no test_data or valid_data, and its data has no test or valid split.",
                                     hint="Pass some: `ft evaluate RUN --data FILE` (a file, a folder with test.jsonl, or a registered dataset name).")
     if data is not None and not Path(src).exists():
@@ -383,7 +384,7 @@ def model_quantize(name:str=typer.Argument(..., help="A model name, directory or
 def model_fuse(run:str=typer.Argument(..., help="A run name or directory with adapters."),
                out:Path=typer.Argument(..., help="Directory for the fused model."),
                base:Optional[str]=typer.Option(None, help="Base model (default: the run's)."),
-               dequantize:bool=typer.Option(False, help="Write a float model even if the base is quantized."),
+               dequantize:Optional[bool]=typer.Option(None, "--dequantize/--requantize", help="A quantized base: write float weights (the default, keeps the fine-tune) or re-quantize (only if check prompts answer the same)."),
                force:bool=typer.Option(False, "--force", help="Overwrite a non-empty OUT.")):
     "Merge a run's adapters into its base model and save a Hugging Face-format directory."
     from finetune.export import fuse
@@ -393,24 +394,29 @@ def model_fuse(run:str=typer.Argument(..., help="A run name or directory with ad
 @model_app.command("export")
 @_friendly
 def model_export(run:str=typer.Argument(..., help="A run name or directory with adapters."),
-                 out:Path=typer.Argument(..., help="Output directory (peft, hf) or .gguf file (gguf)."),
-                 to:str=typer.Option("peft", "--to", help="peft (adapter for transformers+peft), hf (fused model) or gguf."),
+                 out:Path=typer.Argument(..., help="Output directory (peft, hf, ollama) or .gguf file (gguf, gguf-lora)."),
+                 to:str=typer.Option("peft", "--to", help="peft (adapter for transformers+peft), hf (fused model), gguf, gguf-lora (adapter for llama.cpp's --lora) or ollama (GGUF + Modelfile)."),
+                 outtype:Optional[str]=typer.Option(None, help="GGUF weights: f16 (default), f32 or q8_0; for gguf-lora f32 (default) or f16."),
                  base:Optional[str]=typer.Option(None, help="Base model (default: the run's)."),
                  push:Optional[str]=typer.Option(None, help="Also upload the result to this Hub repo (`org/name`)."),
                  force:bool=typer.Option(False, "--force", help="Overwrite an existing OUT.")):
-    "Export a run as a PEFT adapter, a fused Hugging Face model, or a GGUF file (optionally pushed to the Hub)."
+    "Export a run as a PEFT adapter, a fused Hugging Face model, a GGUF file (or LoRA adapter GGUF), or an Ollama model folder (optionally pushed to the Hub)."
     import shutil, tempfile
-    from finetune.export import fuse, push_to_hub, to_gguf, to_peft
-    if to not in ("peft", "hf", "gguf"): raise FinetuneError(f"Unknown export format '{to}'.", hint="Use --to peft, hf or gguf.")
+    from finetune.export import fuse, push_to_hub, to_gguf, to_gguf_lora, to_ollama, to_peft
+    if to not in ("peft", "hf", "gguf", "gguf-lora", "ollama"): raise FinetuneError(f"Unknown export format '{to}'.", hint="Use --to peft, hf, gguf, gguf-lora or ollama.")
     _out_dir(out, force)
     r = _run_dir(run)
+    gguf = lambda name: out if out.suffix == ".gguf" else out/name
     if to == "peft": res = to_peft(r, out, base=base, overwrite=force)
     elif to == "hf": res = fuse(r, out, base=base, dequantize=True, overwrite=force)
+    elif to == "gguf-lora": res = to_gguf_lora(r, gguf(f"adapter-{outtype or 'f32'}.gguf"), base=base, outtype=outtype or "f32")
+    elif to == "ollama": res = to_ollama(r, out, outtype=outtype or "f16", base=base, overwrite=force)
     else:
         with tempfile.TemporaryDirectory() as d:
-            res = to_gguf(fuse(r, Path(d)/"fused", base=base, dequantize=True), out if out.suffix == ".gguf" else out/"model-f16.gguf")
+            res = to_gguf(fuse(r, Path(d)/"fused", base=base), gguf(f"model-{outtype or 'f16'}.gguf"), outtype=outtype or "f16")
             if push: shutil.copytree(Path(d)/"fused", out.parent if out.suffix == ".gguf" else out, dirs_exist_ok=True)
     typer.echo(f"Exported {to} to {res}")
+    if to == "ollama": typer.echo(f"Create the Ollama model with: ollama create NAME -f {Path(res)/'Modelfile'}")
     if push: typer.echo(f"Uploaded to {push_to_hub(res if Path(res).is_dir() else Path(res).parent, push)}")
 
 # %% ../nbs/12_cli.ipynb #bda83a69

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from fastcore.basics import patch
 from .errors import ConfigError
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['GROUPS', 'opt', 'TrainConfig', 'check_value', 'field_names', 'check_key', 'read_yaml', 'configs_dir', 'list_profiles',
@@ -35,6 +36,7 @@ class TrainConfig:
     model: str = opt("tiny", "Model to fine-tune: a Hub id, a local directory, a registry name, or `tiny` (the offline demo model made in code).", "model")
     quantize_bits: int|None = opt(None, "Quantize the base model to this many bits at load (QLoRA); empty keeps its weights as they are.", "model", choices=[None, 2, 3, 4, 6, 8])
     quantize_group_size: int = opt(64, "Group size for quantization.", "model", choices=[32, 64, 128])
+    dtype: str = opt("auto", "Dtype the weights compute in; `auto` is float32 on the CPU (its bfloat16/float16 matmul is ~20x slower) and the saved dtype on a GPU.", "model", choices=["auto", "float32", "bfloat16", "float16"])
     profile: str|None = opt(None, "Profile whose defaults this run starts from (chat, instruction, code, domain).", "model")
     preset: str = opt("auto", "Model-family preset (llama, mistral, phi, qwen); `auto` picks it from the model name, `none` uses none.", "model")
     # data
@@ -196,8 +198,7 @@ def to_yaml(self:TrainConfig, path=None) -> str:
             out.append(f"{f.name}: {_yval(d[f.name])}")
     txt = "\n".join(out) + "\n"
     if path is not None:
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp"); tmp.write_text(txt, encoding="utf-8"); os.replace(tmp, path)
+        atomic_write(path, txt)
     return txt
 
 # %% ../nbs/00_config.ipynb #c26743ff

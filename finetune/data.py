@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 from .errors import DataError
 from .tiny import finetune_home
+from .files import index_file, read_index
 from .config import TrainConfig
 
 # %% auto #0
 __all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'ROLES', 'SHAREGPT_ROLES', 'FALLBACKS', 'AUTO_FALLBACK', 'CACHE_VERSION',
-           'check_json', 'load_rows', 'resolve_sources', 'load_source', 'detect_format', 'map_columns', 'normalize',
-           'render_fallback', 'has_chat_template', 'render_model', 'resolve_template', 'encode_text', 'eos_token',
-           'tokenize_example', 'Example', 'TokenizedDataset', 'tokenize_rows', 'data_fingerprint',
-           'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid',
-           'PreparedData', 'prepare_data']
+           'check_json', 'load_rows', 'resolve_dataset', 'resolve_sources', 'load_source', 'detect_format',
+           'map_columns', 'normalize', 'render_fallback', 'has_chat_template', 'render_model', 'resolve_template',
+           'encode_text', 'eos_token', 'tokenize_example', 'Example', 'TokenizedDataset', 'tokenize_rows',
+           'data_fingerprint', 'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached', 'tokenize_source',
+           'split_valid', 'PreparedData', 'prepare_data']
 
 # %% ../nbs/04_data.ipynb #55285260
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -115,9 +116,16 @@ def _split_file(folder:Path, split:str):
             if (f := folder/f"{name}{ext}").exists(): return f
     return None
 
+def resolve_dataset(name_or_path, # A registered dataset name, a path, or a Hub dataset id
+                   ):
+    "The path (a string) of a dataset name registered in the current FINETUNE_HOME (`finetune.registry`); anything else unchanged."
+    s = str(name_or_path)
+    if Path(s).exists(): return name_or_path
+    e = read_index(index_file(finetune_home(), "datasets")).get(s)
+    return e["path"] if e else name_or_path
+
 def resolve_sources(data, valid_data=None, test_data=None) -> dict:
     "Map train/valid/test to sources (registry names resolved), looking inside a directory for its split files."
-    from finetune.registry import resolve_dataset
     data, valid_data, test_data = (resolve_dataset(d) if isinstance(d, str) else d for d in (data, valid_data, test_data))
     out = dict(train=data, valid=valid_data, test=test_data)
     if isinstance(data, (str, Path)) and Path(data).is_dir():
@@ -474,14 +482,7 @@ class PreparedData:
     template: str
     train_on: str
     config: TrainConfig|None = None
-    _report: object = field(default=None, repr=False)
-    @property
-    def report(self):
-        "The data report (`finetune.report.DataReport`), built on first use."
-        if self._report is None:
-            from finetune.report import build_report
-            self._report = build_report(self)
-        return self._report
+    _report: object = field(default=None, repr=False)  # built on first use of `.report` (added by `finetune.report`)
 
 # %% ../nbs/04_data.ipynb #539a832c
 def prepare_data(config:TrainConfig, tokenizer, quiet:bool=False) -> PreparedData:

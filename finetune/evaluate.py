@@ -17,6 +17,7 @@ from .errors import DataError
 from .generate import generate_batch
 from .models import load_adapters, load_model
 import mlx.core as mx
+from .files import RunDir
 
 # %% auto #0
 __all__ = ['METRICS', 'dataset_loss', 'data_loss', 'normalize_answer', 'exact_match', 'contains', 'token_f1', 'examples_from',
@@ -180,8 +181,8 @@ def evaluate_run(run_dir,                     # A run directory (config.yaml, ad
                 ) -> Comparison:
     "Base against tuned on a run's held-out data: loss, perplexity and answer metrics, saved beside the run."
     run = Path(run_dir)
-    if not (run/"config.yaml").exists(): raise DataError(f"'{run}' has no config.yaml.", hint="Pass a run directory written by finetune's Trainer.")
-    cfg = TrainConfig.from_yaml(run/"config.yaml")
+    if not RunDir(run).config.exists(): raise DataError(f"'{run}' has no {RunDir.CONFIG}.", hint="Pass a run directory written by finetune's Trainer.")
+    cfg = TrainConfig.from_yaml(RunDir(run).config)
     source = held_out(cfg, data)
     if source is None: raise DataError("The run's config names no test_data or valid_data, and its data has no test or valid split to evaluate on.",
                                        hint="Pass data=... (a file, a folder with test.jsonl, a registered dataset name, or rows).")
@@ -201,5 +202,5 @@ def evaluate_run(run_dir,                     # A run directory (config.yaml, ad
     out = Comparison(["base", "tuned"], {k: v[0] for k, v in res.items()}, rows,
                      dict(data=str(source) if not isinstance(source, (list, tuple)) else f"{len(source)} rows", loss_tokens=loss["tokens"],
                           n_examples=len(examples), template=resolve_template(tok, cfg.template, fmt, quiet=True), max_tokens=max_tokens))
-    if save: out.save(run/"evaluation.json")
+    if save: out.save(RunDir(run).evaluation)
     return out

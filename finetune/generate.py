@@ -7,12 +7,12 @@ Docs: https://finetune-dev.github.io/finetune/generate.html.md"""
 # %% ../nbs/08_generate.ipynb #c9122c4c
 from __future__ import annotations
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 from .data import ROLES, render_fallback, render_model, resolve_template, encode_text, eos_token
 from .errors import DataError
 from .models import load_model
 import mlx.core as mx
+from .files import RunDir
 
 # %% auto #0
 __all__ = ['CHAT_HELP', 'as_messages', 'render_prompt', 'prompt_tokens', 'Chunk', 'stream', 'generate', 'generate_batch', 'load',
@@ -164,7 +164,7 @@ def _detokenize(tokenizer, tokens) -> str:
 def load(model, adapter_path=None, quantize_bits:int|None=None, revision:str|None=None):
     "Load `model` (any name `load_model` takes), with the adapters of run `adapter_path`: `(model, tokenizer)` ready to generate."
     m, t = load_model(model, quantize_bits=quantize_bits, adapter_path=adapter_path, revision=revision)
-    cfg = Path(adapter_path)/"config.yaml" if adapter_path is not None else None
+    cfg = RunDir(adapter_path).config if adapter_path is not None else None
     if cfg is not None and cfg.exists():
         from finetune.config import TrainConfig
         c = TrainConfig.from_yaml(cfg)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib, difflib, importlib.util, io, json, os, shutil, tempfile, warnings
 from pathlib import Path
 from types import SimpleNamespace
-from .errors import ModelError
+from .errors import ModelError, RegistryError
+from .files import index_file, read_index
 from .gguf import gguf_file_type, import_gguf, is_gguf
 from .tiny import demo_model_dir, finetune_home
 import mlx.core as mx
@@ -17,9 +18,10 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'ADAPTER_LEAVES', 'register_resolver', 'embedded_model', 'resolve_model', 'add_to_hf_cache',
-           'load_model', 'count_parameters', 'adapter_keys', 'adapted_shapes', 'lora_parameter_formula',
-           'attach_adapters', 'adapter_weights', 'save_adapters', 'read_adapter_config', 'load_adapters']
+__all__ = ['EMBEDDED_MODELS', 'ADAPTER_LEAVES', 'register_resolver', 'registered_model', 'embedded_model', 'resolve_model',
+           'add_to_hf_cache', 'load_model', 'count_parameters', 'adapter_keys', 'adapted_shapes',
+           'lora_parameter_formula', 'attach_adapters', 'adapter_weights', 'save_adapters', 'read_adapter_config',
+           'load_adapters']
 
 # %% ../nbs/03_models.ipynb #f57c0110
 _RESOLVERS: list = []
@@ -35,6 +37,15 @@ def _home_resolver(name:str) -> Path|None:
     if "/" in name or "\\" in name or name.startswith("."): return None
     p = finetune_home()/"models"/name
     return p if (p/"config.json").exists() else None
+
+def registered_model(name:str) -> Path|None:
+    "The directory or GGUF file registered as model `name` (`finetune.registry`) in the current FINETUNE_HOME, else None."
+    if not (entry := read_index(index_file(finetune_home(), "models")).get(name)): return None
+    p = Path(entry["path"])
+    if not ((p/"config.json").is_file() or is_gguf(p)):
+        raise RegistryError(f"Model '{name}' is registered at '{p}', which no longer holds a model.", name=name,
+                            hint=f"Register it again with --force, or remove it (`ft models remove {name}`).")
+    return p
 
 # %% ../nbs/03_models.ipynb #9241ebc1
 def _hub_offline() -> bool:
@@ -85,8 +96,7 @@ def _locate(name:str|Path, revision:str|None=None) -> Path:
         raise ModelError(f"'{p}' exists but is neither a model directory (no config.json) nor a .gguf file.", model=name,
                          hint="Point at the folder holding config.json and model*.safetensors, or at a .gguf file.")
     tried = [f"a local directory or file '{p}' (does not exist)"]
-    import finetune.registry  # noqa: F401  (registers the registry's resolver on first use)
-    for fn in _RESOLVERS + [_home_resolver]:
+    for fn in _RESOLVERS + [registered_model, _home_resolver]:
         if (r := fn(name)) is not None: return Path(r)
     tried.append(f"registered names and '{finetune_home()/'models'/name}' (none)")
     return _from_hub(name, revision, tried)

@@ -6,17 +6,19 @@ Docs: https://finetune-dev.github.io/finetune/registry.html.md"""
 
 # %% ../nbs/11_registry.ipynb #eb765ea6
 from __future__ import annotations
-import datetime, difflib, json, math, os, re, tempfile
+import datetime, difflib, json, math, os, re
 from pathlib import Path
 import yaml
 from .errors import ModelError, RegistryError
 from .tiny import finetune_home
 from .gguf import is_gguf
-from .models import EMBEDDED_MODELS, embedded_model, register_resolver
+from .models import EMBEDDED_MODELS, embedded_model
+from .files import RunDir, index_file, read_index, write_index
+from .data import resolve_dataset
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'COMPARE_KEYS', 'valid_name', 'check_name', 'is_model_path', 'hf_cache_dir', 'hf_cache_models',
-           'resolve_dataset', 'is_run_dir', 'run_summary', 'Registry', 'registry_resolver']
+           'is_run_dir', 'run_summary', 'Registry']
 
 # %% ../nbs/11_registry.ipynb #0232c61a
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
@@ -45,34 +47,15 @@ def check_name(name:str, kind:str="model") -> str:
 # %% ../nbs/11_registry.ipynb #77179b0f
 def _now() -> str: return datetime.datetime.now().isoformat(timespec="seconds")
 
-def _write_json(path:Path, data):
-    "Write `data` as JSON to `path` atomically (temp file + os.replace)."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f: json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 # %% ../nbs/11_registry.ipynb #154a6f67
 class _Index:
     "The JSON indexes under `home/registry/`."
     def __init__(self, home=None): # finetune's home (default `finetune_home()`, read now)
         self.home = Path(home).expanduser() if home is not None else finetune_home()
     def __repr__(self): return f"Registry(home='{self.home}')"
-    def _file(self, kind:str) -> Path: return self.home/"registry"/f"{kind}.json"
-    def _load(self, kind:str) -> dict:
-        p = self._file(kind)
-        if not p.exists(): return {}
-        try: d = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RegistryError(f"The registry index '{p}' is not valid JSON: {e}.", hint="Fix or delete that file (it only lists names).", path=str(p)) from None
-        if not isinstance(d, dict) or not isinstance(d.get("entries"), dict):
-            raise RegistryError(f"The registry index '{p}' has no 'entries' mapping.", hint="Fix or delete that file (it only lists names).", path=str(p))
-        return d["entries"]
-    def _save(self, kind:str, entries:dict): _write_json(self._file(kind), {"version": 1, "entries": entries})
+    def _file(self, kind:str) -> Path: return index_file(self.home, kind)
+    def _load(self, kind:str) -> dict: return read_index(self._file(kind))
+    def _save(self, kind:str, entries:dict): write_index(self._file(kind), entries)
 
 # %% ../nbs/11_registry.ipynb #17376f06
 def _close(name, names) -> str:
@@ -228,17 +211,8 @@ class _Datasets(_Index):
                                 hint="List them with `ft datasets list`; add one with `ft datasets add NAME PATH`.")
         return ds[name]["path"]
 
-# %% ../nbs/11_registry.ipynb #aaca0e48
-def resolve_dataset(name_or_path, # A registered dataset name, a path, or a Hub dataset id
-                   ):
-    "The path (a string) of a registered dataset name; anything else unchanged."
-    s = str(name_or_path)
-    if not valid_name(s) or Path(s).exists(): return name_or_path
-    e = _Datasets()._load("datasets").get(s)
-    return e["path"] if e else name_or_path
-
 # %% ../nbs/11_registry.ipynb #63f14857
-RUN_FILES = ("config.yaml", "adapter_config.json", "adapters.safetensors", "metrics.jsonl")
+RUN_FILES = (RunDir.CONFIG, RunDir.ADAPTER_CONFIG, RunDir.ADAPTERS, RunDir.METRICS)
 
 def is_run_dir(path) -> bool:
     "Whether `path` is a directory holding any of `RUN_FILES`."
@@ -268,8 +242,9 @@ def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bo
 def run_summary(path, name:str|None=None) -> dict:
     "One row about the run in `path`: model, type, steps, last train loss, best and last validation loss."
     p = Path(path).expanduser()
-    cfg, acfg = _read_quiet(p/"config.yaml", yaml.safe_load), _read_quiet(p/"adapter_config.json", json.loads)
-    recs = _metrics(p/"metrics.jsonl")
+    r = RunDir(p)
+    cfg, acfg = _read_quiet(r.config, yaml.safe_load), _read_quiet(r.adapter_config, json.loads)
+    recs = _metrics(r.metrics)
     train = [r for r in recs if _num(r.get("train_loss"))]
     val = [r for r in recs if _num(r.get("val_loss"))]
     best = min(val, key=lambda r: r["val_loss"]) if val else {}
@@ -280,8 +255,8 @@ def run_summary(path, name:str|None=None) -> dict:
                 steps=max((r["step"] for r in recs if _num(r.get("step"))), default=None),
                 train_loss=train[-1]["train_loss"] if train else None, best_val_loss=best.get("val_loss"),
                 best_val_step=best.get("step"), last_val_loss=val[-1]["val_loss"] if val else None,
-                adapters=(p/"adapters.safetensors").is_file(),
-                checkpoints=len(list((p/"checkpoints").glob("step_*"))) if (p/"checkpoints").is_dir() else 0)
+                adapters=r.adapters.is_file(),
+                checkpoints=len(list(r.checkpoints.glob("step_*"))) if r.checkpoints.is_dir() else 0)
 
 # %% ../nbs/11_registry.ipynb #8eaaebaf
 class _Runs(_Index):
@@ -340,7 +315,7 @@ def _compare_runs(self, names, output_dirs=None) -> list[dict]:
     "One row per run: `COMPARE_KEYS` plus every config.yaml field whose value differs between the runs."
     found = [self._find_run(n, output_dirs) for n in names]
     rows = [{k: run_summary(p, n)[k] for k in COMPARE_KEYS} for n, p in found]
-    cfgs = [_read_quiet(p/"config.yaml", yaml.safe_load) for _, p in found]
+    cfgs = [_read_quiet(RunDir(p).config, yaml.safe_load) for _, p in found]
     keys = sorted({k for c in cfgs for k in c} - set(COMPARE_KEYS) - {"run_name", "output_dir"})
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in cfgs}) > 1]
     return [{**r, **{k: c.get(k) for k in differ}} for r, c in zip(rows, cfgs)]
@@ -350,15 +325,3 @@ _Runs.compare_runs = _compare_runs
 # %% ../nbs/11_registry.ipynb #370c845d
 class Registry(_Models, _Datasets, _Runs):
     "finetune's local catalogue of models, datasets and runs in `home` (default `finetune_home()`)."
-
-# %% ../nbs/11_registry.ipynb #f3ec435d
-def registry_resolver(name:str) -> Path|None:
-    "The directory or GGUF file registered as model `name` in the default registry, else None (for `finetune.models`)."
-    if not valid_name(name) or name not in (entries := Registry()._load("models")): return None
-    p = Path(entries[name]["path"])
-    if not is_model_path(p):
-        raise RegistryError(f"Model '{name}' is registered at '{p}', which no longer holds a model.", name=name,
-                            hint=f"Register it again with --force, or remove it (`ft models remove {name}`).")
-    return p
-
-register_resolver(registry_resolver)

@@ -124,6 +124,12 @@ def build_report(data:PreparedData, batch_size:int|None=None) -> DataReport:
     padding = {"bucketed": padding_stats(data.train, bs, c.max_seq_length), "packed": padding_stats(data.train, bs, c.max_seq_length, pack=True)}
     return DataReport(data.format, data.template, data.train_on, c.max_seq_length, splits, data.train.lengths, padding)
 
+@patch(as_prop=True)
+def report(self:PreparedData) -> DataReport:
+    "The data report of these splits, built on first use."
+    if self._report is None: self._report = build_report(self)
+    return self._report
+
 def inspect_data(config:TrainConfig|None=None, tokenizer=None, **overrides) -> DataReport:
     "Prepare the data of `config` (plus `overrides`, through `as_config`) for `tokenizer` and return its report."
     config = as_config(config, **overrides)

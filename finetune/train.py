@@ -12,6 +12,7 @@ from pathlib import Path
 from fastcore.basics import patch
 from .errors import ConfigError, DataError, TrainingError
 from .config import TrainConfig, as_config
+from .files import RunDir
 from .device import GB, memory
 from .callbacks import (CancelEpochException, CancelFitException, CancelStepException, Recorder, default_callbacks,
                                 merge_callbacks, run_callbacks, save_plot, sort_callbacks)
@@ -168,6 +169,7 @@ class Trainer:
         self.world = mx.distributed.init()
         self.rank, self.world_size = self.world.rank(), self.world.size()
         self.run_dir = Path(run_dir) if run_dir is not None else Path(c.output_dir)/(c.run_name or self._stamp())
+        self.files = RunDir(self.run_dir)  # the name of every file in it
         mx.random.seed(c.seed)
         if model is None: model, tokenizer = load_model(c)
         self.model, self.tokenizer = model, tokenizer
@@ -252,7 +254,7 @@ def _setup(self:Trainer, resume=None):
 @patch
 def _check_fresh(self:Trainer):
     "Refuse to start a new run in a folder holding another run's checkpoints."
-    if ck := list_checkpoints(self.run_dir/"checkpoints"):
+    if ck := list_checkpoints(self.files.checkpoints):
         raise TrainingError(f"The run folder '{self.run_dir}' already holds another run's checkpoints (the newest: {ck[-1].name}).",
                             hint="Resume that run (resume=True, `ft train --resume NAME`), set another run_name, or delete the folder.",
                             path=str(self.run_dir))
@@ -261,7 +263,7 @@ def _check_fresh(self:Trainer):
 def _restore(self:Trainer, ck:Path):
     "Load a checkpoint into the model, optimizer and counters."
     d = load_checkpoint(ck)
-    self.model.load_weights(str(ck/"adapters.safetensors"), strict=False)
+    self.model.load_weights(str(ck/RunDir.ADAPTERS), strict=False)
     self.optimizer.state = d["optimizer"]
     self.optimizer.init(self.model.trainable_parameters())
     s = d["state"]
@@ -284,7 +286,7 @@ def fit(self:Trainer, resume=None) -> dict:
     "Train (or resume) to the end; return the history."
     self._setup(resume)
     if self.rank == 0:
-        with disk_errors(self.run_dir/"config.yaml", "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.run_dir/"config.yaml")
+        with disk_errors(self.files.config, "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.files.config)
     self("before_fit", total_steps=self.total_steps, run_dir=str(self.run_dir), resumed_from=self.resumed_from, history=self.history_at_start,
          params=count_parameters(self.model))
     try:
@@ -371,10 +373,10 @@ def save(self:Trainer) -> Path|None:
     if self.rank != 0: return None
     state = dict(epoch=self.epoch, batch=self.batch, trained_tokens=self.trained_tokens, seed=self.config.seed,
                  world_size=self.world_size, total_steps=self.total_steps, history=self.history)
-    root = self.run_dir/"checkpoints"
+    root = self.files.checkpoints
     ck = save_checkpoint(root, self.step, state, self.save_adapters, self.optimizer, self.config)
     prune_checkpoints(root, self.config.keep_checkpoints)
-    with disk_errors(self.run_dir/"adapters.safetensors", "adapters"): self.save_adapters(self.run_dir)
+    with disk_errors(self.files.adapters, "adapters"): self.save_adapters(self.run_dir)
     self("after_save", path=str(ck))
     return ck
 
@@ -384,7 +386,7 @@ def _finish(self:Trainer):
     if not self.stopped and self._last_eval != self.step: self.validate()
     if self._last_save != self.step: self.save()
     if self.rank != 0: return
-    with disk_errors(self.run_dir/"training.png", "plot"): save_plot(self.history, self.run_dir/"training.png", title=self.run_dir.name)
+    with disk_errors(self.files.plot, "plot"): save_plot(self.history, self.files.plot, title=self.run_dir.name)
 
 # %% ../nbs/05_train.ipynb #3defb779
 _LOOP = (("before_fit", 0, ""), ("before_epoch", 1, "each pass over the data"), ("before_step", 2, "each optimizer step"),

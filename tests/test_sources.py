@@ -57,8 +57,9 @@ def test_add_from_ollama(w, monkeypatch):
     rows = {r["name"]: r for r in json.loads(ft(w, "model", "list", "--json", ok=True).stdout)}
     assert (rows["mine"]["source"], rows["mine"]["path"], rows["mine"]["exists"], rows["mine"]["size_bytes"]) == ("ollama", str(w["blob"]), True, 64)
     monkeypatch.setenv("FINETUNE_HOME", str(w["home"]))
-    from finetune.registry import Registry, registry_resolver
-    assert registry_resolver("mine") == w["blob"] and Registry().model_path("mine") == str(w["blob"])
+    from finetune.models import registered_model
+    from finetune.registry import Registry
+    assert registered_model("mine") == w["blob"] and Registry().model_path("mine") == str(w["blob"])
     assert "already exists" in ft(w, "model", "add", "mine", "--from-ollama", "smol:1b", ok=False).stderr
     ft(w, "model", "add", "mine", "--from-ollama", "smol:1b", "--force", ok=True)
     assert entry(w, "mine")["ref"] == "smol:1b" and "template" not in entry(w, "mine")
