@@ -6,21 +6,20 @@ Docs: https://finetune-dev.github.io/finetune/cli.html.md"""
 
 # %% ../nbs/12_cli.ipynb #7b58593f
 from __future__ import annotations
-import functools, json, random, sys
+import functools, json, sys
 from pathlib import Path
 from typing import Optional
 import typer
 import yaml
-from .errors import ConfigError, DataError, FinetuneError, ModelError, explain
-from .files import RunDir
+from .errors import ConfigError, DataError, FinetuneError, explain
+from .files import RunDir, write_jsonl
 
 # %% auto #0
 __all__ = ['app', 'runs_app', 'RUN_COLS', 'model_app', 'dataset_app', 'info', 'make_tiny', 'quickstart', 'bench', 'parse_sets',
-           'check_data_paths', 'train_cmd', 'runs_list', 'runs_show', 'runs_compare', 'runs_add', 'runs_remove',
-           'evaluate', 'generate_cmd', 'chat', 'model_list', 'model_info', 'model_download', 'model_add', 'model_scan',
-           'model_remove', 'model_quantize', 'model_fuse', 'model_export', 'normalized_rows', 'dataset_inspect',
-           'dataset_validate', 'dataset_convert', 'split_rows', 'dataset_split', 'dataset_list', 'dataset_add',
-           'dataset_remove', 'serve']
+           'train_cmd', 'runs_list', 'runs_show', 'runs_compare', 'runs_add', 'runs_remove', 'evaluate', 'generate_cmd',
+           'chat', 'model_list', 'model_info', 'model_download', 'model_add', 'model_scan', 'model_remove',
+           'model_quantize', 'model_fuse', 'model_export', 'dataset_inspect', 'dataset_validate', 'dataset_convert',
+           'dataset_split', 'dataset_list', 'dataset_add', 'dataset_remove', 'serve']
 
 # %% ../nbs/12_cli.ipynb #ac19ad18
 app = typer.Typer(name="ft", help="finetune: fine-tune language models with MLX.", no_args_is_help=True, add_completion=False,
@@ -66,8 +65,9 @@ def info(as_json:bool=typer.Option(False, "--json", help="Print the report as JS
          measure:bool=typer.Option(True, help="Time a matrix product to report GFLOP/s.")):
     "Show where training runs: backend, device, memory, and the BLAS in use with its measured speed."
     from finetune.device import device_report, format_report
-    r = device_report(measure=measure)
-    typer.echo(json.dumps(r, indent=2) if as_json else format_report(r))
+    from finetune.models import dtype_policy
+    r = device_report(measure=measure) | dict(dtype=dtype_policy())
+    typer.echo(json.dumps(r, indent=2) if as_json else format_report(r) + f"\n{'dtype':<9} {r['dtype']}")
 
 # %% ../nbs/12_cli.ipynb #e9af62f7
 @app.command("make-tiny")
@@ -125,21 +125,13 @@ def _run_dir(name:str) -> Path:
 def _train_config(config, profile, preset, sets, resume):
     "The merged config for `ft train`: CONFIG, else the resumed run's config.yaml, else the defaults."
     from finetune.config import as_config
+    from finetune.data import check_data_paths
     if config is None and resume is not None and RunDir(_run_dir(resume)).config.exists(): config = RunDir(_run_dir(resume)).config
     over = {**parse_sets(sets), **{k: v for k, v in dict(profile=profile, preset=preset).items() if v is not None}}  # a flag beats --set
     c = as_config(config, **over)
     check_data_paths(c)
     return c
 
-def check_data_paths(c):
-    "Fail early, naming the field, when a data field names a local data file that does not exist."
-    from finetune.data import BUILDERS
-    from finetune.registry import resolve_dataset
-    for k in ("data", "valid_data", "test_data"):
-        v = getattr(c, k)
-        if isinstance(v, str) and Path(v).suffix.lower() in BUILDERS and not Path(str(resolve_dataset(v))).exists():
-            raise DataError(f"Data file '{v}' (field '{k}', from {c.sources.get(k, 'default')}) does not exist.",
-                            hint="Check the path; relative paths are read from the current directory.", path=v)
 
 # %% ../nbs/12_cli.ipynb #4db61be0
 @app.command("train")
@@ -296,14 +288,8 @@ def model_list(as_json:bool=typer.Option(False, "--json", help="Print JSON.")):
 def model_info(name:str=typer.Argument(..., help="A model name, directory or Hub id."),
                as_json:bool=typer.Option(False, "--json", help="Print JSON.")):
     "Show a model's location, architecture, size and parameter count."
-    from finetune.models import count_parameters, load_model
-    model, tok = load_model(name)
-    p = model.finetune_info.path
-    cfg = json.loads((Path(p)/"config.json").read_text())
-    keys = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings")
-    row = dict(name=name, path=str(p), **{k: cfg.get(k) for k in keys}, quantization=model.finetune_info.quantization,
-               parameters=count_parameters(model)["total"], chat_template=bool(getattr(tok, "chat_template", None)))
-    _show(row, as_json)
+    from finetune.models import model_info as info_of
+    _show(info_of(name), as_json)
 
 @model_app.command("download")
 @_friendly
@@ -311,16 +297,8 @@ def model_download(repo:str=typer.Argument(..., help="A Hub model id, `org/name`
                    revision:Optional[str]=typer.Option(None, help="Branch, tag or commit."),
                    name:Optional[str]=typer.Option(None, help="Also register it under this name.")):
     "Download a model from the Hugging Face Hub into the HF cache."
-    from huggingface_hub import snapshot_download
-    from finetune.registry import Registry
-    from finetune.models import _hub_offline
-    try: path = snapshot_download(repo, revision=revision)
-    except Exception as e:
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        if _hub_offline(): msg = f"it is not in the Hugging Face cache and HF_HUB_OFFLINE is set ({type(e).__name__})."
-        raise ModelError(f"Could not download '{repo}' from the Hugging Face Hub: {msg}", model=repo,
-                         hint="Check the id and the network; HF_HUB_OFFLINE=1 forbids downloads; gated repos need `hf auth login`.") from e
-    if name: Registry().add_model(name, path)
+    from finetune.registry import download_model
+    path = download_model(repo, revision, name)
     typer.echo(f"Downloaded {repo} to {path}" + (f" (registered as {name})" if name else ""))
 
 @model_app.command("add")
@@ -424,29 +402,9 @@ dataset_app = typer.Typer(help="Datasets: inspect, validate, convert, split and 
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(dataset_app, name="datasets", hidden=True)
 
-def _rows(data:str, columns:list|None=None):
-    "The `datasets.Dataset` of a data file or registered dataset, columns mapped."
-    from finetune.data import load_rows, map_columns
-    from finetune.registry import resolve_dataset
-    src = resolve_dataset(data)
-    if not Path(str(src)).exists():
-        raise DataError(f"Data file '{data}' does not exist.", hint="Check the path, or register the file with `ft dataset add NAME PATH`.", path=str(data))
-    return map_columns(load_rows(src), parse_sets(columns) if columns else None)
-
-def normalized_rows(data:str, data_format:str="auto", columns:list|None=None) -> tuple[list, str]:
-    "Every row of `data` in the normalized chat/text form, and the detected format."
-    from finetune.data import detect_format, normalize
-    ds = _rows(data, columns)
-    fmt = detect_format(ds.column_names, data_format, where=f"'{data}'")
-    out = []
-    for i, r in enumerate(ds):
-        n = normalize(r, fmt, where=f"'{data}' row {i+1}")
-        out.append(n if fmt == "text" or n.get("tools") else {"messages": n["messages"]})
-    return out, fmt
-
-def _write_jsonl(rows:list, path:Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+def _normalized(data:str, data_format:str, columns:list|None):
+    from finetune.data import normalized_rows
+    return normalized_rows(data, data_format, parse_sets(columns) or None)
 
 # %% ../nbs/12_cli.ipynb #63a0ab42
 @dataset_app.command("inspect")
@@ -475,7 +433,7 @@ def dataset_validate(data:str=typer.Argument(..., help="A data file or registere
                      columns:Optional[list[str]]=typer.Option(None, "--column", help="Map expected=actual column (repeatable)."),
                      as_json:bool=typer.Option(False, "--json", help="Print JSON.")):
     "Check that every row of a dataset parses and has a usable format; exit 1 naming the first bad row."
-    rows, fmt = normalized_rows(data, data_format, columns)
+    rows, fmt = _normalized(data, data_format, columns)
     _show(dict(data=data, rows=len(rows), format=fmt, valid=True), as_json)
 
 @dataset_app.command("convert")
@@ -487,21 +445,9 @@ def dataset_convert(data:str=typer.Argument(..., help="A data file or registered
                     force:bool=typer.Option(False, "--force", help="Overwrite OUT.")):
     "Rewrite a dataset as JSON lines in the normalized chat ({messages}) or text ({text}) form."
     _out_dir(out, force)
-    rows, fmt = normalized_rows(data, data_format, columns)
-    _write_jsonl(rows, out)
+    rows, fmt = _normalized(data, data_format, columns)
+    write_jsonl(rows, out)
     typer.echo(f"Wrote {len(rows)} {fmt} rows as {'text' if fmt == 'text' else 'chat'} to {out}")
-
-# %% ../nbs/12_cli.ipynb #9f7e88d6
-def split_rows(rows:list, valid:float=0.1, test:float=0.0, seed:int=0) -> dict:
-    "Shuffle `rows` with `seed` and cut them into train/valid/test by fraction (at least one row where a fraction is > 0)."
-    if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
-        raise DataError(f"Fractions valid={valid} and test={test} must be in [0, 1) and leave rows for training.", hint="For example --valid 0.1 --test 0.1.")
-    rows = list(rows); random.Random(seed).shuffle(rows)
-    nv, nt = (max(1, round(len(rows)*f)) if f > 0 else 0 for f in (valid, test))
-    if nv + nt >= len(rows): raise DataError(f"{len(rows)} rows are too few to split into train/valid/test.", hint="Add rows or lower the fractions.")
-    out = dict(train=rows[nv+nt:], valid=rows[:nv])
-    if test > 0: out["test"] = rows[nv:nv+nt]
-    return out
 
 # %% ../nbs/12_cli.ipynb #17db4503
 @dataset_app.command("split")
@@ -513,9 +459,10 @@ def dataset_split(data:str=typer.Argument(..., help="A data file or registered d
                   seed:int=typer.Option(0, help="Shuffle seed."),
                   force:bool=typer.Option(False, "--force", help="Overwrite a non-empty OUT.")):
     "Shuffle a dataset and write train/valid(/test) JSON-lines files by fraction and seed."
+    from finetune.data import load_mapped_rows, split_rows
     _out_dir(out, force)
-    parts = split_rows(_rows(data).to_list(), valid, test, seed)
-    for k, rows in parts.items(): _write_jsonl(rows, out/f"{k}.jsonl")
+    parts = split_rows(load_mapped_rows(data).to_list(), valid, test, seed)
+    for k, rows in parts.items(): write_jsonl(rows, out/f"{k}.jsonl")
     typer.echo(", ".join(f"{k}: {len(v)} rows" for k, v in parts.items()) + f" -> {out}")
 
 @dataset_app.command("list")
@@ -547,11 +494,16 @@ def serve(model:str=typer.Option("tiny", help="A model name, directory or Hub id
           adapter:Optional[str]=typer.Option(None, help="A run directory (or name) whose adapters to load."),
           host:str=typer.Option("127.0.0.1", help="Address to listen on."),
           port:int=typer.Option(8000, help="Port to listen on."),
-          api_key:Optional[str]=typer.Option(None, help="Require this bearer key (default: FINETUNE_API_KEY, else none)."),
+          api_key:Optional[str]=typer.Option(None, help="Require this bearer key (default: FINETUNE_API_KEY, else none); 16+ characters off loopback."),
           max_tokens_cap:int=typer.Option(2048, help="Largest max_tokens a request may ask for."),
-          rate_limit:int=typer.Option(60, help="Requests per minute per key (0: no limit)."),
+          rate_limit:int=typer.Option(60, help="Requests per minute per client address (0: no limit)."),
+          allow_dir:Optional[list[str]]=typer.Option(None, help="A folder (besides FINETUNE_HOME/runs) whose files clients may name."),
+          allow_origin:Optional[list[str]]=typer.Option(None, help="A web origin (https://app.example) whose pages may call the server."),
+          allow_host:Optional[list[str]]=typer.Option(None, help="Another host name clients may address the server by."),
+          max_prompt_tokens:Optional[int]=typer.Option(None, help="Longest prompt in tokens (default: the model's context)."),
           log_level:str=typer.Option("info", help="uvicorn's log level.")):
     "Serve a model (and adapter) over an OpenAI-compatible HTTP API (anything but loopback needs an API key)."
     from finetune.serve import run_server
     run_server(model=model, adapter=str(_run_dir(adapter)) if adapter else None, host=host, port=port, api_key=api_key,
-               max_tokens_cap=max_tokens_cap, rate_limit=rate_limit, log_level=log_level)
+               max_tokens_cap=max_tokens_cap, rate_limit=rate_limit, log_level=log_level, allow_dirs=allow_dir or (),
+               allow_origins=allow_origin or (), allow_hosts=allow_host or (), max_prompt_tokens=max_prompt_tokens)

@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import RegistryError
 
 # %% auto #0
-__all__ = ['atomic_write', 'write_json', 'index_file', 'read_index', 'write_index', 'RunDir']
+__all__ = ['atomic_write', 'write_json', 'write_jsonl', 'index_file', 'read_index', 'write_index', 'RunDir']
 
 # %% ../nbs/01a_files.ipynb #cd9597fb
 def atomic_write(path,  # The file to write (its folder is created)
@@ -34,6 +34,10 @@ def atomic_write(path,  # The file to write (its folder is created)
 def write_json(path, obj, indent:int|None=2) -> Path:
     "Write `obj` as JSON to `path` with `atomic_write` (keys sorted, so files diff well)."
     return atomic_write(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
+
+def write_jsonl(rows, path) -> Path:
+    "Write `rows` (dicts) as JSON lines to `path` with `atomic_write`."
+    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 # %% ../nbs/01a_files.ipynb #65561780
 def index_file(home, kind:str) -> Path:

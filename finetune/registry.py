@@ -18,7 +18,7 @@ from .data import resolve_dataset
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'COMPARE_KEYS', 'valid_name', 'check_name', 'is_model_path', 'hf_cache_dir', 'hf_cache_models',
-           'is_run_dir', 'run_summary', 'Registry']
+           'is_run_dir', 'run_summary', 'Registry', 'download_model']
 
 # %% ../nbs/11_registry.ipynb #0232c61a
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
@@ -325,3 +325,20 @@ _Runs.compare_runs = _compare_runs
 # %% ../nbs/11_registry.ipynb #370c845d
 class Registry(_Models, _Datasets, _Runs):
     "finetune's local catalogue of models, datasets and runs in `home` (default `finetune_home()`)."
+
+# %% ../nbs/11_registry.ipynb #ce3548c4
+def download_model(repo:str,               # A Hub model id, `org/name`
+                   revision:str|None=None, # Branch, tag or commit
+                   name:str|None=None,     # Also register it under this name
+                  ) -> str:
+    "Download `repo` from the Hugging Face Hub into the HF cache (or find it there offline); the snapshot's path."
+    from huggingface_hub import snapshot_download
+    from finetune.models import _hub_offline
+    try: path = snapshot_download(repo, revision=revision)
+    except Exception as e:
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if _hub_offline(): msg = f"it is not in the Hugging Face cache and HF_HUB_OFFLINE is set ({type(e).__name__})."
+        raise ModelError(f"Could not download '{repo}' from the Hugging Face Hub: {msg}", model=repo,
+                         hint="Check the id and the network; HF_HUB_OFFLINE=1 forbids downloads; gated repos need `hf auth login`.") from e
+    if name: Registry().add_model(name, path)
+    return path
