@@ -6,15 +6,16 @@ Docs: https://finetune-dev.github.io/finetune/serve.html.md"""
 
 # %% ../nbs/13_serve.ipynb #9339524e
 from __future__ import annotations
-import asyncio, ipaddress, json, logging, os, queue, threading, time, uuid
+import asyncio, hmac, ipaddress, json, logging, math, os, queue, threading, time, uuid
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from fastcore.basics import patch
 from .errors import ConfigError, FinetuneError
 from .callbacks import Callback
-from .tiny import finetune_home
+from .jobs import Roots, job_config
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -22,10 +23,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # %% auto #0
-__all__ = ['log', 'ROLES', 'TERMINAL', 'HOLD_ENV', 'APIError', 'server_error', 'is_loopback', 'check_bind', 'RateLimiter',
-           'parse_json', 'sampling_args', 'chat_messages', 'completion_prompt', 'MLXThread', 'SharedBase', 'ModelPool',
-           'complete', 'stream_events', 'chat_response', 'completion_response', 'stream_chunk', 'sse', 'sse_stream',
-           'Job', 'JobEvents', 'HoldAfterStep', 'job_callbacks', 'job_config', 'JobQueue', 'create_app', 'run_server']
+__all__ = ['log', 'MIN_KEY_LENGTH', 'ROLES', 'TERMINAL', 'HOLD_ENV', 'APIError', 'server_error', 'is_loopback', 'check_bind',
+           'allowed_hosts', 'check_origin', 'RateLimiter', 'parse_json', 'sampling_args', 'chat_messages',
+           'completion_prompt', 'MLXThread', 'SharedBase', 'ModelPool', 'complete', 'prompt_length', 'check_prompt',
+           'stream_events', 'chat_response', 'completion_response', 'stream_chunk', 'sse', 'sse_stream', 'Job',
+           'JobEvents', 'HoldAfterStep', 'job_callbacks', 'JobQueue', 'create_app', 'run_server']
 
 # %% ../nbs/13_serve.ipynb #5adde552
 class APIError(Exception):
@@ -66,6 +68,8 @@ def _error_handlers(app):
     async def crash(request, e): return server_error(e).response()
 
 # %% ../nbs/13_serve.ipynb #91ae364e
+MIN_KEY_LENGTH = 16
+
 def is_loopback(host:str) -> bool:
     "Whether `host` is a loopback address (or `localhost`)."
     if host == "localhost": return True
@@ -73,31 +77,67 @@ def is_loopback(host:str) -> bool:
     except ValueError: return False
 
 def check_bind(host:str, api_key:str|None):
-    "Refuse to bind a non-loopback `host` without an API key."
-    if not is_loopback(host) and not api_key:
+    "Refuse to bind a non-loopback `host` without an API key of at least `MIN_KEY_LENGTH` characters."
+    if is_loopback(host): return
+    if not api_key:
         raise ConfigError(f"Serving on {host} (not loopback) needs an API key.", field="api_key",
                           hint="Pass --api-key (or set FINETUNE_API_KEY), or bind 127.0.0.1.")
+    if len(api_key) < MIN_KEY_LENGTH:
+        raise ConfigError(f"The API key has {len(api_key)} characters; serving on {host} needs at least {MIN_KEY_LENGTH}.", field="api_key",
+                          hint="Use a long random key, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`.")
+
+# %% ../nbs/13_serve.ipynb #c0a6cbd2
+def _hostname(hostport:str) -> str:
+    "The host part of a `Host` header or an origin's netloc ('[::1]:8000' -> '::1')."
+    h = hostport.strip().lower()
+    if h.startswith("["): return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+def allowed_hosts(host:str, extra=()) -> set|None:
+    "Host names a request may address a server bound to `host` by; None (any) for an all-interfaces bind without `extra`."
+    if host in ("0.0.0.0", "::", "") and not extra: return None
+    names = {host.lower(), *(h.lower() for h in extra)}
+    return names | {"localhost", "127.0.0.1", "::1"} if is_loopback(host) else names
+
+def check_origin(headers, hosts:set|None, origins=()) -> APIError|None:
+    "The 403 for a request whose `Host` is not one of `hosts`, or whose `Origin` is neither the server itself nor in `origins`."
+    host = headers.get("host", "")
+    if hosts is not None and _hostname(host) not in hosts:
+        return APIError(403, "The request's Host is not an address of this server.", type="permission_error", code="bad_host")
+    o = headers.get("origin")
+    if o is not None and o not in origins and (urlsplit(o).scheme not in ("http", "https") or urlsplit(o).netloc.lower() != host.lower()):
+        return APIError(403, "Requests from other web sites are not allowed.", type="permission_error", code="bad_origin",
+                        param=None)
 
 # %% ../nbs/13_serve.ipynb #d63fcd48
 class RateLimiter:
     "At most `rate` requests per `per` seconds for each key (thread-safe); `rate <= 0` means no limit."
     def __init__(self, rate:int=60, per:float=60.0): self.rate, self.per, self.seen, self.lock = rate, per, {}, threading.Lock()
+    def _recent(self, key:str, now:float) -> deque:
+        q = self.seen.setdefault(key, deque())
+        while q and q[0] <= now - self.per: q.popleft()
+        return q
     def allow(self, key:str, now:float|None=None) -> bool:
         "Count a request by `key`; whether it is within the limit."
         if self.rate <= 0: return True
         now = time.monotonic() if now is None else now
         with self.lock:
-            q = self.seen.setdefault(key, deque())
-            while q and q[0] <= now - self.per: q.popleft()
+            q = self._recent(key, now)
             if len(q) >= self.rate: return False
             q.append(now)
             return True
+    def full(self, key:str, now:float|None=None) -> bool:
+        "Whether `key` has used up its requests for now (without counting one)."
+        if self.rate <= 0: return False
+        with self.lock: return len(self._recent(key, time.monotonic() if now is None else now)) >= self.rate
 
 # %% ../nbs/13_serve.ipynb #4cc548ec
+def _no_constant(name): raise ValueError(f"{name} is not a JSON number")
+
 def parse_json(raw:bytes, max_body:int) -> dict:
-    "The JSON object in a request body, or an `APIError` (413 too large, 400 not a JSON object)."
+    "The JSON object in a request body, or an `APIError` (413 too large, 400 not a JSON object, or NaN/Infinity in it)."
     if len(raw) > max_body: raise APIError(413, f"The request body is {len(raw)} bytes; the limit is {max_body}.", code="body_too_large")
-    try: body = json.loads(raw)
+    try: body = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as e: raise APIError(400, f"The request body is not valid JSON: {e}.", code="bad_json") from None
     if not isinstance(body, dict): raise APIError(400, f"The request body must be a JSON object, not {type(body).__name__}.", code="bad_json")
     return body
@@ -106,7 +146,7 @@ def parse_json(raw:bytes, max_body:int) -> dict:
 def _num(body, key, default, lo, hi, kind=float, lo_open=False):
     v = body.get(key, default)
     if v is None: return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (kind is int and not float(v).is_integer()):
         raise APIError(400, f"'{key}' must be a {kind.__name__}, not {v!r}.", param=key)
     if v < lo or v > hi or (lo_open and v == lo):
         raise APIError(400, f"'{key}' is {v}; it must be {'above' if lo_open else 'at least'} {lo} and at most {hi}.", param=key)
@@ -231,10 +271,12 @@ class ModelPool:
     def __init__(self, model:str="tiny",      # The base model (any name `load_model` takes)
                  adapter:str|None=None,       # A run (name or folder) served by default on it
                  keep:int=8,                  # Most runs' adapters kept loaded (least recently used dropped first)
+                 roots:Roots|None=None,       # Where runs a request names may be (default: FINETUNE_HOME/runs and registered runs)
                 ):
         self.base, self.adapter, self.keep, self.lock = str(model), adapter, keep, threading.RLock()
         self.thread, self.bases, self.runs, self.base_loads = MLXThread(), {}, {}, 0
-        self.default_key = self._run_dir(adapter) if adapter else None
+        self.roots, self.generating, self.tokens = roots or Roots(), 0, 0
+        self.default_key = self._run_dir(adapter, owner=True) if adapter else None
         self.default_id = Path(self.default_key).name if adapter else self.base  # a run is served under its folder's name
         self.call(self.prepare, self.default_key)
 
@@ -250,14 +292,20 @@ class ModelPool:
 
 # %% ../nbs/13_serve.ipynb #e0f23b27
 @patch
-def _run_dir(self:ModelPool, name:str) -> str:
-    "The folder of run `name` when it has adapters; else a 404."
-    from finetune.registry import Registry
-    try: path = Path(Registry().run_path(name)).resolve()
-    except FinetuneError: raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found") from None
+def _run_dir(self:ModelPool, name:str, owner:bool=False) -> str:
+    "The folder of run `name` when it has adapters: a registered run, one in the roots, or (only from the `owner`) any path."
+    from finetune.registry import Registry, is_run_dir, valid_name
+    r, path = self.roots, None
+    if owner:
+        try: path = Path(Registry(r.home).run_path(name))
+        except FinetuneError: pass
+    elif valid_name(name): path = next((Path(x["path"]) for x in Registry(r.home).runs(output_dirs=r.dirs) if x["name"] == name), None)
+    if path is None and not owner and (p := r.inside(name)) is not None and is_run_dir(p): path = p
+    if path is None:  # the same answer whether or not such a path exists
+        raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
     if not (path/"adapters.safetensors").is_file():
         raise APIError(404, f"The run '{name}' has no adapters yet.", param="model", code="model_not_found")
-    return str(path)
+    return str(path.resolve())
 
 @patch
 def key(self:ModelPool, name) -> str|None:
@@ -272,7 +320,7 @@ def key(self:ModelPool, name) -> str|None:
 def ids(self:ModelPool) -> list[str]:
     "Model ids a request may name: the served one, the base, and every run with adapters."
     from finetune.registry import Registry
-    runs = [r["name"] for r in Registry().runs() if r.get("adapters")]
+    runs = [r["name"] for r in Registry(self.roots.home).runs(output_dirs=self.roots.dirs) if r.get("adapters")]
     return list(dict.fromkeys([self.default_id, self.base, *runs]))
 
 # %% ../nbs/13_serve.ipynb #9f75db83
@@ -332,10 +380,15 @@ def use(self:ModelPool, key:str|None) -> tuple:
 
 # %% ../nbs/13_serve.ipynb #f38942bd
 def _chunks(pool:ModelPool, key, prompt, args:dict, raw:bool):
-    "The `Chunk`s of one generation with run `key` (None: the base); on the MLX thread."
+    "The `Chunk`s of one generation with run `key` (None: the base); on the MLX thread. Counts the pool's work."
     from finetune.generate import stream
     model, tok, settings = pool.use(key)
-    yield from stream(model, tok, prompt, **{**settings, **({"template": "none"} if raw else {}), **args})
+    pool.generating, n = pool.generating + 1, 0
+    try:
+        for c in stream(model, tok, prompt, **{**settings, **({"template": "none"} if raw else {}), **args}):
+            n = c.generation_tokens
+            yield c
+    finally: pool.generating, pool.tokens = pool.generating - 1, pool.tokens + n
 
 def complete(pool:ModelPool, name, prompt, args:dict, raw:bool=False) -> tuple[str, str, int, int]:
     "(text, finish_reason, prompt_tokens, completion_tokens) of one generation; `raw` prompts are plain text."
@@ -344,6 +397,25 @@ def complete(pool:ModelPool, name, prompt, args:dict, raw:bool=False) -> tuple[s
     except FinetuneError as e: raise APIError(400, e.message) from None
     last = chunks[-1] if chunks else None
     return "".join(c.text for c in chunks), (last.finish_reason if last else "length") or "length", last.prompt_tokens if last else 0, last.generation_tokens if last else 0
+
+# %% ../nbs/13_serve.ipynb #eab1c5fc
+def prompt_length(pool:ModelPool, key, prompt, raw:bool=False) -> int:
+    "Tokens in `prompt` as run `key` sees it; on the MLX thread."
+    from finetune.generate import prompt_tokens
+    model, tok, s = pool.use(key)
+    info = getattr(model, "finetune_info", None)
+    template = "none" if raw else s.get("template") or getattr(info, "template", None) or "auto"
+    return len(prompt_tokens(tok, prompt, template, s.get("fmt") or getattr(info, "fmt", None) or "chat"))
+
+def check_prompt(pool:ModelPool, key, prompt, raw:bool, limit:int|None) -> int:
+    "The prompt's length in tokens; a 400 when it is over the model's context or `limit`."
+    n, model = prompt_length(pool, key, prompt, raw), pool.use(key)[0]
+    ctx = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    most = min(x for x in (limit, ctx, math.inf) if x)
+    if n > most:
+        raise APIError(400, f"The prompt is {n} tokens; this server takes at most {most} ({'the model' if most == ctx else 'its limit'}).",
+                       param="messages", code="context_length_exceeded")
+    return n
 
 # %% ../nbs/13_serve.ipynb #33e3f324
 _DONE = object()
@@ -450,22 +522,15 @@ def job_callbacks(job:Job) -> list:
     return [JobEvents(job)] + ([HoldAfterStep(os.environ[HOLD_ENV])] if os.environ.get(HOLD_ENV) else [])
 
 # %% ../nbs/13_serve.ipynb #499425fd
-def job_config(d) -> dict:
-    "A checked training config for a job (a dict of `TrainConfig` fields; output_dir defaults to FINETUNE_HOME/runs)."
-    from finetune.config import load_config
-    if not isinstance(d, dict): raise APIError(400, "'config' must be an object of training settings.", param="config")
-    d = {"output_dir": str(finetune_home()/"runs"), **d}
-    try: load_config(**d)
-    except FinetuneError as e: raise APIError(400, str(e), param=getattr(e, "field", None) or "config") from None
-    return d
-
 class JobQueue:
-    "Training jobs, run one at a time by a worker thread under `lock`."
-    def __init__(self, lock):
-        self.lock, self.jobs, self.todo = lock, {}, queue.Queue()
+    "Training jobs, run one at a time by a worker thread under `lock`; their configs checked against `roots` and `limits`."
+    def __init__(self, lock, roots:Roots|None=None, limits:dict|None=None):
+        self.lock, self.roots, self.limits, self.jobs, self.todo = lock, roots or Roots(), limits, {}, queue.Queue()
         threading.Thread(target=self._work, daemon=True).start()
     def submit(self, config:dict) -> Job:
-        job = Job(f"ftjob-{uuid.uuid4().hex[:12]}", job_config(config))
+        try: cfg = job_config(config, self.roots, self.limits)
+        except FinetuneError as e: raise APIError(400, str(e), param=getattr(e, "field", None) or "config") from None
+        job = Job(f"ftjob-{uuid.uuid4().hex[:12]}", cfg)
         self.jobs[job.id] = job
         job.add("status", status="queued")
         self.todo.put(job)
@@ -508,37 +573,55 @@ JobQueue._run, JobQueue._work, JobQueue.cancel = _run, _work, _cancel
 
 # %% ../nbs/13_serve.ipynb #de0c4c49
 def _key(request) -> str|None:
+    "The bearer key of a request, only ever from its Authorization header (a key in a URL ends up in logs)."
     h = request.headers.get("authorization", "")
     return h[7:].strip() if h.lower().startswith("bearer ") else None
 
 def _guard(app, request, path:str) -> APIError|None:
-    "The error that refuses this request before its handler runs, if any."
+    "The error that refuses this request before its handler runs: Host or Origin (403), failed logins or rate (429), key (401)."
     s = app.state
+    if (e := check_origin(request.headers, s.hosts, s.origins)) is not None: return e
     if path == "/health": return None
-    key = _key(request) or request.query_params.get("api_key")
-    if s.api_key and key != s.api_key:
+    addr = request.client.host if request.client else "?"
+    if s.failures.full(addr):
+        return APIError(429, "Too many failed logins from this address; wait a minute.", type="rate_limit_error", code="too_many_failed_logins")
+    if not s.limiter.allow(addr):  # failed logins count too: this comes before the key check
+        return APIError(429, f"Rate limit reached: {s.limiter.rate} requests per minute per address.", type="rate_limit_error", code="rate_limit_exceeded")
+    if s.api_key and not hmac.compare_digest((_key(request) or "").encode(), s.api_key.encode()):
+        s.failures.allow(addr)
         return APIError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.", type="authentication_error", code="invalid_api_key")
-    if not s.limiter.allow(key or (request.client.host if request.client else "?")):
-        return APIError(429, f"Rate limit reached: {s.limiter.rate} requests per minute per key.", type="rate_limit_error", code="rate_limit_exceeded")
 
 async def _body(request) -> dict:
-    return parse_json(await request.body(), request.app.state.max_body)
+    "The request's JSON object, read piece by piece: a body is refused as soon as it passes the limit, chunked or not."
+    cap, raw = request.app.state.max_body, bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > cap: raise APIError(413, f"The request body is over the limit of {cap} bytes.", code="body_too_large")
+    return parse_json(bytes(raw), cap)
 
 # %% ../nbs/13_serve.ipynb #fadd5da5
 def create_app(model:str="tiny",           # Model to serve (any name `load_model` takes)
                adapter:str|None=None,      # A run (name or directory) served by default on it
                api_key:str|None=None,      # Bearer key required on every /v1 route (None: none)
                max_tokens_cap:int=2048,    # Largest max_tokens a request may ask for
-               rate_limit:int=60,          # Requests per minute per key (0: no limit)
+               rate_limit:int=60,          # Requests per minute per client address (0: no limit)
                max_body:int=1_000_000,     # Largest request body in bytes
-               pool:ModelPool|None=None,   # An already loaded pool (else one is loaded now)
+               pool:ModelPool|None=None,   # An already loaded pool (else one is loaded now; its roots are the app's)
+               host:str="127.0.0.1",       # The address the server is bound to (requests must address it)
+               allow_hosts=(),             # More host names requests may address the server by
+               allow_origins=(),           # Web origins (`https://app.example`) whose pages may call the server
+               allow_dirs=(),              # Folders (besides FINETUNE_HOME/runs) clients may name paths in
+               max_prompt_tokens:int|None=None, # Longest prompt in tokens (None: the model's context)
+               max_failed_logins:int=10,   # Wrong keys per minute from one address before it is refused for a while
+               job_limits:dict|None=None,  # Upper bounds for jobs' numbers (see `finetune.jobs.JOB_LIMITS`)
               ) -> FastAPI:
     "The FastAPI app: OpenAI-compatible inference, training jobs, and /health."
     app = FastAPI(title="finetune", version="1")
     s = app.state
-    s.pool = pool or ModelPool(model, adapter)
-    s.jobs, s.limiter = JobQueue(s.pool.lock), RateLimiter(rate_limit)
-    s.api_key, s.max_tokens_cap, s.max_body = api_key, max_tokens_cap, max_body
+    s.pool = pool or ModelPool(model, adapter, roots=Roots(allow_dirs))
+    s.jobs, s.limiter, s.failures = JobQueue(s.pool.lock, s.pool.roots, job_limits), RateLimiter(rate_limit), RateLimiter(max_failed_logins)
+    s.api_key, s.max_tokens_cap, s.max_body, s.max_prompt_tokens = api_key, max_tokens_cap, max_body, max_prompt_tokens
+    s.hosts, s.origins = allowed_hosts(host, allow_hosts), tuple(allow_origins)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -559,7 +642,7 @@ def _routes(app):
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": s.pool.default_id, "jobs": sum(j.status in ("queued", "running") for j in s.jobs.jobs.values()),
-                "base_loads": s.pool.base_loads, "runs_loaded": len(s.pool.runs)}
+                "base_loads": s.pool.base_loads, "runs_loaded": len(s.pool.runs), "generating": s.pool.generating, "tokens_generated": s.pool.tokens}
 
     @app.get("/v1/models")
     async def models():
@@ -567,13 +650,14 @@ def _routes(app):
 
     async def generation(request, chat:bool):
         body = await _body(request)
-        args, name = sampling_args(body, s.max_tokens_cap), body.get("model")
+        args, name, stream = sampling_args(body, s.max_tokens_cap), body.get("model"), body.get("stream", False)
         prompt = chat_messages(body) if chat else completion_prompt(body)
+        if not isinstance(stream, bool): raise APIError(400, "'stream' must be true or false.", param="stream")
         key = await run_in_threadpool(s.pool.key, name)  # an unknown model is a 404 now, before any streaming starts
-        try: await asyncio.wrap_future(s.pool.submit(s.pool.prepare, key))  # and adapters that do not load, a 400
-        except FinetuneError as e: raise APIError(400, e.message, param="model") from None
+        try: await asyncio.wrap_future(s.pool.submit(check_prompt, s.pool, key, prompt, not chat, s.max_prompt_tokens))
+        except FinetuneError as e: raise APIError(400, e.message, param=getattr(e, "field", None)) from None  # adapters that do not load
         id, mid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", name or s.pool.default_id
-        if body.get("stream"):
+        if stream:
             return StreamingResponse(sse_stream(s.pool, id, mid, name, prompt, args, chat), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         r = await run_in_threadpool(complete, s.pool, name, prompt, args, not chat)
         return (chat_response if chat else completion_response)(id, mid, *r)
@@ -622,17 +706,27 @@ def _job_routes(app):
         except WebSocketDisconnect: pass
 
 # %% ../nbs/13_serve.ipynb #ed95dc47
+class _NoQuery(logging.Filter):
+    "Cut the query string out of uvicorn's access-log lines, so nothing sent in a URL (such as a key) is written down."
+    def filter(self, record):
+        if isinstance(record.args, tuple) and len(record.args) > 2 and isinstance(record.args[2], str) and "?" in record.args[2]:
+            record.args = (*record.args[:2], record.args[2].split("?", 1)[0] + "?...", *record.args[3:])
+        return True
+
 def run_server(model:str="tiny",          # Model to serve
                adapter:str|None=None,     # A run whose adapters to serve on it
-               host:str="127.0.0.1",      # Address to bind (anything but loopback needs an API key)
+               host:str="127.0.0.1",      # Address to bind (anything but loopback needs an API key of 16+ characters)
                port:int=8000,             # Port
                api_key:str|None=None,     # Bearer key (default: FINETUNE_API_KEY, else none)
                max_tokens_cap:int=2048,   # Largest max_tokens a request may ask for
-               rate_limit:int=60,         # Requests per minute per key (0: no limit)
-               log_level:str="info"):     # uvicorn's log level
+               rate_limit:int=60,         # Requests per minute per client address (0: no limit)
+               log_level:str="info",      # uvicorn's log level
+               **kwargs):                 # More `create_app` settings (allow_dirs, allow_origins, allow_hosts, max_prompt_tokens, ...)
     "Serve `model` (with `adapter`) over HTTP until interrupted."
-    import os, uvicorn
+    import uvicorn
     api_key = api_key or os.environ.get("FINETUNE_API_KEY") or None
     check_bind(host, api_key)
-    app = create_app(model, adapter, api_key=api_key, max_tokens_cap=max_tokens_cap, rate_limit=rate_limit)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    app = create_app(model, adapter, api_key=api_key, max_tokens_cap=max_tokens_cap, rate_limit=rate_limit, host=host, **kwargs)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))  # the config sets up uvicorn's loggers
+    logging.getLogger("uvicorn.access").addFilter(_NoQuery())
+    server.run()

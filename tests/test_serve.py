@@ -15,7 +15,7 @@ def _free_port() -> int:
 
 def _start(home:Path, model:str, **kw):
     port = _free_port()
-    args = dict(model=model, host="127.0.0.1", port=port, log_level="warning", **kw)
+    args = dict(model=model, host="127.0.0.1", port=port, log_level="warning", allow_dirs=[str(home)], **kw)
     env = {**os.environ, "FINETUNE_HOME": str(home), "HF_HUB_OFFLINE": "1", "FINETUNE_JOB_HOLD": str(home/"hold")}
     env.pop("FINETUNE_API_KEY", None)
     p = subprocess.Popen([sys.executable, "-c", f"from finetune.serve import run_server; run_server(**{args!r})"], env=env, cwd=home,
@@ -157,7 +157,7 @@ def test_stream_failure_ends_with_error_and_done(home, monkeypatch):
         raise RuntimeError("out of memory in the kernel")
     monkeypatch.setattr(finetune.generate, "stream", broken)
     monkeypatch.setenv("FINETUNE_HOME", str(home))
-    cl = TestClient(create_app(str(home/"tiny"), rate_limit=0), raise_server_exceptions=False)
+    cl = TestClient(create_app(str(home/"tiny"), rate_limit=0), base_url="http://127.0.0.1", raise_server_exceptions=False)
     for path, body in (("/v1/chat/completions", {"messages": MSGS}), ("/v1/completions", {"prompt": "a"})):
         lines = [l[6:] for l in cl.post(path, json={**body, "stream": True}).text.splitlines() if l.startswith("data: ")]
         assert lines[-1] == "[DONE]" and json.loads(lines[-2])["error"]["type"] == "server_error", lines
