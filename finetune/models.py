@@ -6,11 +6,12 @@ Docs: https://finetune-dev.github.io/finetune/models.html.md"""
 
 # %% ../nbs/03_models.ipynb #87c6be28
 from __future__ import annotations
-import contextlib, difflib, importlib.util, io, json, os, shutil, tempfile, warnings
+import contextlib, difflib, functools, importlib.util, io, json, os, shutil, tempfile, time, warnings
 from pathlib import Path
 from types import SimpleNamespace
 from .errors import ModelError, RegistryError
 from .files import index_file, read_index
+from .device import backend
 from .gguf import gguf_file_type, import_gguf, is_gguf
 from .tiny import demo_model_dir, finetune_home
 import mlx.core as mx
@@ -18,10 +19,12 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'ADAPTER_LEAVES', 'register_resolver', 'registered_model', 'embedded_model', 'resolve_model',
-           'add_to_hf_cache', 'load_model', 'count_parameters', 'adapter_keys', 'adapted_shapes',
-           'lora_parameter_formula', 'attach_adapters', 'adapter_weights', 'save_adapters', 'read_adapter_config',
-           'load_adapters']
+__all__ = ['EMBEDDED_MODELS', 'DTYPES', 'QMM_MIN_ROWS', 'DEQUANT_ELEMENTS', 'ADAPTER_LEAVES', 'register_resolver',
+           'registered_model', 'embedded_model', 'resolve_model', 'add_to_hf_cache', 'compute_dtype', 'dtype_policy',
+           'weights_dtype', 'set_compute_dtype', 'describe_dtype', 'dequantized_matmul', 'FastQuantizedLinear',
+           'FastQuantizedEmbedding', 'use_fast_quantized', 'load_model', 'count_parameters', 'model_info',
+           'adapter_keys', 'adapted_shapes', 'lora_parameter_formula', 'attach_adapters', 'adapter_weights',
+           'save_adapters', 'read_adapter_config', 'load_adapters']
 
 # %% ../nbs/03_models.ipynb #f57c0110
 _RESOLVERS: list = []
@@ -155,6 +158,126 @@ def _mlx_load(path:Path, name:str):
                              hint="Upgrade mlx-lm (`pip install -U mlx-lm`) or pick a model of a supported family (llama, mistral, qwen, phi, gemma, ...).") from e
         raise ModelError(f"Model '{name}' at '{path}' cannot be loaded: {e}", model=name, hint="Check its config.json against the weights.") from e
 
+# %% ../nbs/03_models.ipynb #78d33243
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+def _dtype_name(d) -> str: return str(d).rsplit(".", 1)[-1]
+
+def compute_dtype(dtype:str|None="auto", # `auto` (or None), or a name in `DTYPES`: the config's `dtype`
+                 ) -> mx.Dtype|None:
+    "The dtype weights compute in: the one named; for `auto` float32 on the CPU, and None (keep the saved one) on a GPU."
+    if dtype in (None, "auto"): return mx.float32 if backend() == "cpu" else None
+    if dtype not in DTYPES: raise ModelError(f"Unknown dtype '{dtype}'.", hint="Use auto, float32, bfloat16 or float16.", field="dtype")
+    return DTYPES[dtype]
+
+def dtype_policy() -> str:
+    "What `dtype: auto` does on this backend, in words (for `ft info`)."
+    if compute_dtype() is None: return f"auto: the saved dtype on the {backend()} backend (set `dtype` in the config to override)"
+    return "auto: float32 on the CPU backend, bfloat16/float16 weights cast at load (set `dtype` in the config to override)"
+
+def weights_dtype(model) -> str|None:
+    "The dtype most of `model`'s floating-point weights are stored in (by element count), e.g. `bfloat16`."
+    count = {}
+    for _, v in tree_flatten(model.parameters()):
+        if mx.issubdtype(v.dtype, mx.floating): count[_dtype_name(v.dtype)] = count.get(_dtype_name(v.dtype), 0) + v.size
+    return max(count, key=count.get) if count else None
+
+# %% ../nbs/03_models.ipynb #9c2bb672
+def set_compute_dtype(model, dtype:str|None="auto") -> dict:
+    "Cast `model`'s floating-point weights to `compute_dtype(dtype)` (quantized weights stay packed): the dtype saved, used, and why."
+    saved, want = weights_dtype(model), compute_dtype(dtype)
+    used = _dtype_name(want) if want is not None and saved is not None else saved
+    if used != saved:
+        model.set_dtype(want)  # floating-point arrays only: packed quantized weights are integers
+        mx.eval(model.parameters())
+    why = f"dtype: {dtype} in the config" if dtype not in (None, "auto") else "as saved" if used == saved else "the CPU default"
+    return dict(dtype=used, saved_dtype=saved, dtype_reason=why)
+
+def describe_dtype(model_or_info) -> str:
+    "One line saying which dtype a model computes in and why (a model, its `finetune_info`, or a dict like that)."
+    info = getattr(model_or_info, "finetune_info", model_or_info)
+    if isinstance(info, nn.Module): info = dict(dtype=weights_dtype(info))  # a model not loaded by `load_model`
+    info = info if isinstance(info, dict) else vars(info)
+    d, s, why = info.get("dtype"), info.get("saved_dtype"), info.get("dtype_reason") or "as saved"
+    parts = [why] + ([f"saved as {s}"] if s and s != d else [])
+    if backend() == "cpu" and d in ("bfloat16", "float16"): parts.append(f"MLX's CPU matmul in {d} is ~20x slower than float32")
+    return f"{d} ({'; '.join(parts)})"
+
+# %% ../nbs/03_models.ipynb #ab9b3126
+QMM_MIN_ROWS = 4         # below this many input rows (token-by-token generation) MLX's own quantized matmul is faster
+DEQUANT_ELEMENTS = 1<<20 # weights dequantized at a time: SmolLM2's 49,152 x 576 output layer goes in 28 slices
+
+@functools.lru_cache(maxsize=None)
+def dequantized_matmul(group_size:int, bits:int, mode:str="affine", rows:int=1<<30):
+    "`f(x, w, scales[, biases]) = x @ dequantize(w).T`, dequantizing `rows` rows of `w` at a time, in the forward and again in the backward pass."
+    def dq(w, sb, dtype): return mx.dequantize(w, *sb, group_size=group_size, bits=bits, mode=mode, dtype=dtype)
+    def parts(w, sb): return [(i, w[i:i + rows], [a[i:i + rows] for a in sb]) for i in range(0, w.shape[0], rows)]
+    @mx.custom_function
+    def f(x, w, *sb):
+        w, *sb = mx.depends([w, *sb], [x])  # dequantize once x exists, not every layer's weights up front
+        ys = [x @ dq(wi, si, x.dtype).T for _, wi, si in parts(w, sb)]
+        return ys[0] if len(ys) == 1 else mx.concatenate(ys, -1)
+    @f.vjp
+    def f_vjp(primals, cotangent, output):
+        x, w, *sb = primals
+        w, *sb = mx.depends([w, *sb], [cotangent])  # dequantize again when the gradient arrives
+        dx = sum(cotangent[..., i:i + wi.shape[0]] @ dq(wi, si, cotangent.dtype) for i, wi, si in parts(w, sb))
+        return (dx,) + tuple(mx.zeros_like(a) for a in primals[1:])  # the quantized weights are frozen
+    return f
+
+# %% ../nbs/03_models.ipynb #57409e44
+def _quantized_matmul(m, x, as_linear:bool=False):
+    "`x @ W.T` for quantized layer `m` by `dequantized_matmul` when `x` has enough rows, else None."
+    if x.size // max(x.shape[-1], 1) < QMM_MIN_ROWS: return None
+    w, mode = m["weight"], getattr(m, "mode", "affine")
+    sb = [m["scales"]] + ([m["biases"]] if m.get("biases") is not None else [])
+    rows = max(1, DEQUANT_ELEMENTS // (w.shape[1] * 32 // m.bits))
+    return dequantized_matmul(m.group_size, m.bits, mode, rows)(x, w, *sb)
+
+class FastQuantizedLinear(nn.QuantizedLinear):
+    "A `QuantizedLinear` that, given several input rows, dequantizes its weight just before a float matmul."
+    def __call__(self, x):
+        if (y := _quantized_matmul(self, x)) is None: return super().__call__(x)
+        return y + self["bias"] if "bias" in self else y
+
+class FastQuantizedEmbedding(nn.QuantizedEmbedding):
+    "A `QuantizedEmbedding` whose use as the output layer (`as_linear`) dequantizes slice by slice before a float matmul."
+    def as_linear(self, x):
+        y = _quantized_matmul(self, x)
+        return super().as_linear(x) if y is None else y
+
+# %% ../nbs/03_models.ipynb #583ad36b
+_WARNED = set()
+
+def _ms(f) -> float:
+    "Milliseconds of one evaluation of `f()` after a warm-up."
+    mx.eval(f()); t = time.perf_counter(); mx.eval(f())
+    return (time.perf_counter() - t) * 1e3
+
+def _warn_slow_quantized(names:list):
+    "Warn once per process, with a product timed now, that layers of the classes `names` keep MLX's CPU quantized matmul."
+    if _WARNED.issuperset(names): return
+    _WARNED.update(names)
+    x, w = mx.random.normal((256, 512)), mx.random.normal((512, 512))
+    q = mx.quantize(w, 64, 4)
+    slow, fast = _ms(lambda: mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=4)), _ms(lambda: x @ w.T)
+    warnings.warn(f"QLoRA on the CPU: {', '.join(names)} layers keep MLX's quantized matmul, measured here at {slow:.1f} ms against "
+                  f"{fast:.1f} ms in float32 for a 256x512 by 512x512 product ({slow / max(fast, 1e-6):.0f}x slower), so training will be slow. "
+                  "Load the model without quantize_bits (plain LoRA) to train faster.", stacklevel=3)
+
+# %% ../nbs/03_models.ipynb #081ae666
+_FAST = {nn.QuantizedLinear: FastQuantizedLinear, nn.QuantizedEmbedding: FastQuantizedEmbedding}
+
+def use_fast_quantized(model) -> int:
+    "On the CPU backend, switch `model`'s quantized linear layers and embeddings to the fast classes in place; how many were switched."
+    if backend() != "cpu": return 0
+    n, other = 0, set()
+    for _, m in model.named_modules():
+        if type(m) in _FAST: m.__class__ = _FAST[type(m)]; n += 1
+        elif "quantiz" in type(m).__name__.lower() and not isinstance(m, tuple(_FAST.values())): other.add(type(m).__name__)
+    if other: _warn_slow_quantized(sorted(other))
+    return n
+
 # %% ../nbs/03_models.ipynb #fac956e6
 _NATIVE_BITS = {2: 4, 3: 4, 7: 8}  # GGUF file types MOSTLY_Q4_0, MOSTLY_Q4_1, MOSTLY_Q8_0: MLX reads them as its own quantization
 
@@ -167,13 +290,15 @@ def load_model(name_or_config,               # A model name (see `resolve_model`
                group_size:int|None=None,     # Quantization group size; default: the config's `quantize_group_size` or 64
                adapter_path=None,            # A run/adapter directory to load onto the model (see `load_adapters`)
                revision:str|None=None,       # Hub revision
+               dtype:str|None=None,          # Compute dtype (see `compute_dtype`); default: the config's `dtype`, else `auto`
               ):
-    "Resolve and load a model with mlx-lm, quantizing it when asked: `(model, tokenizer)`."
+    "Resolve and load a model with mlx-lm, quantizing it when asked and casting it to the compute dtype: `(model, tokenizer)`."
     cfg_obj = name_or_config if hasattr(name_or_config, "model") else None
     name = str(cfg_obj.model if cfg_obj else name_or_config)
     if cfg_obj is not None:
         quantize_bits = quantize_bits or cfg_obj.quantize_bits
         group_size = group_size or getattr(cfg_obj, "quantize_group_size", None)
+        dtype = dtype or getattr(cfg_obj, "dtype", None)
     acfg = read_adapter_config(adapter_path) if adapter_path is not None else {}
     if not quantize_bits and (bq := acfg.get("base_quantization")):  # adapters trained on a model quantized at load
         quantize_bits, group_size = bq["bits"], bq["group_size"]
@@ -186,8 +311,10 @@ def load_model(name_or_config,               # A model name (see `resolve_model`
             warnings.warn(f"'{name}' is already quantized ({quant.get('bits')} bits); keeping it as it is, not re-quantizing to {quantize_bits}.")
     elif quantize_bits:
         quant = _quantize(model, cfg, quantize_bits, group_size or 64)
+    dt = set_compute_dtype(model, dtype)
     model.finetune_info = SimpleNamespace(name=name, path=path, quantization=quant if (pre or quantize_bits) else None,
-                                          quantized_at_load=bool(quantize_bits and not pre), source=src)
+                                          quantized_at_load=bool(quantize_bits and not pre), source=src, **dt,
+                                          fast_quantized=use_fast_quantized(model) if (pre or quantize_bits) else 0)
     if adapter_path is not None: load_adapters(model, adapter_path)
     return model, tokenizer
 
@@ -202,6 +329,17 @@ def count_parameters(model) -> dict:
         else: total += sum(v.size for v in own.values())
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     return dict(total=total, trainable=trainable, percent=100 * trainable / max(total, 1))
+
+# %% ../nbs/03_models.ipynb #3bb8884d
+_INFO_KEYS = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings")
+
+def model_info(name) -> dict:
+    "Where model `name` is, its architecture and size (it is loaded to count the parameters)."
+    model, tok = load_model(name)
+    info = model.finetune_info
+    cfg = json.loads((Path(info.path)/"config.json").read_text(encoding="utf-8"))
+    return dict(name=str(name), path=str(info.path), **{k: cfg.get(k) for k in _INFO_KEYS}, quantization=info.quantization,
+                parameters=count_parameters(model)["total"], chat_template=bool(getattr(tok, "chat_template", None)))
 
 # %% ../nbs/03_models.ipynb #9d32832c
 def _adaptable(m) -> bool:

@@ -18,7 +18,7 @@ from .callbacks import (CancelEpochException, CancelFitException, CancelStepExce
                                 merge_callbacks, run_callbacks, save_plot, sort_callbacks)
 from .checkpoint import (disk_errors, find_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, run_dir_of,
                                  save_checkpoint)
-from .models import attach_adapters, count_parameters, load_model, save_adapters as write_adapters
+from .models import attach_adapters, count_parameters, describe_dtype, load_model, save_adapters as write_adapters
 from .data import prepare_data
 from .batching import batch_loss, iterate_batches, num_batches, split_head
 
@@ -288,7 +288,7 @@ def fit(self:Trainer, resume=None) -> dict:
     if self.rank == 0:
         with disk_errors(self.files.config, "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.files.config)
     self("before_fit", total_steps=self.total_steps, run_dir=str(self.run_dir), resumed_from=self.resumed_from, history=self.history_at_start,
-         params=count_parameters(self.model))
+         params=count_parameters(self.model), dtype=describe_dtype(self.model))
     try:
         while self.step < self.total_steps: self._with_events(self._one_epoch, "epoch", CancelEpochException)
     except CancelFitException as e:

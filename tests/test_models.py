@@ -6,9 +6,11 @@ import pytest
 
 import finetune  # noqa: F401  (loads the fast BLAS before mlx)
 from finetune.errors import ModelError
-from finetune.models import (adapter_keys, attach_adapters, count_parameters, load_adapters, load_model, lora_parameter_formula,
-                             read_adapter_config, resolve_model, save_adapters)
+from finetune.models import (FastQuantizedEmbedding, FastQuantizedLinear, adapter_keys, attach_adapters, count_parameters,
+                             describe_dtype, load_adapters, load_model, lora_parameter_formula, read_adapter_config, resolve_model,
+                             save_adapters, weights_dtype)
 import mlx.core as mx
+import mlx.nn as nn
 import mlx_lm
 from mlx.utils import tree_flatten
 
@@ -165,7 +167,7 @@ def test_full_fine_tune(tiny_model, tmp_path):
 
 def test_qlora(tiny_model, tmp_path):
     model, tok = load_model(str(tiny_model), quantize_bits=4, group_size=32)
-    assert type(model.layers[0].self_attn.q_proj).__name__ == "QuantizedLinear"
+    assert type(model.layers[0].self_attn.q_proj).__name__ == "FastQuantizedLinear"  # on the CPU backend
     plain, _ = load_model(str(tiny_model))
     assert count_parameters(model)["total"] == count_parameters(plain)["total"]
     formula = lora_parameter_formula(model, rank=8)
@@ -180,7 +182,7 @@ def test_qlora(tiny_model, tmp_path):
     assert 1e-4 < _max_diff(out, plain(x))  # quantization changes the numbers
     run = save_adapters(model, acfg, tmp_path/"run")
     again, _ = load_model(str(tiny_model), adapter_path=run)  # re-quantizes as recorded
-    assert type(again.layers[0].self_attn.q_proj.linear).__name__ == "QuantizedLinear"
+    assert type(again.layers[0].self_attn.q_proj.linear).__name__ == "FastQuantizedLinear"
     assert _max_diff(again(x), out) < 1e-5
     ref, _ = mlx_lm.load(str(tiny_model), adapter_path=str(run))  # plain mlx-lm accepts them too (on the unquantized base)
     assert mx.all(mx.isfinite(ref(x))).item()
@@ -206,3 +208,130 @@ def test_load_adapters_checks_the_base(tiny_model, tmp_path):
     with pytest.raises(ModelError, match="(?s)do not fit this model: .*lora_a.* more.*trained on"): load_adapters(other, run)
     (run/"adapters.safetensors").unlink()
     with pytest.raises(ModelError, match="No adapters.safetensors"): load_adapters(load_model(str(tiny_model))[0], run)
+
+
+# --- compute dtype ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bf16_model(tiny_model, tmp_path_factory):
+    "The tiny model saved in bfloat16, as most Hub and mlx-community models are."
+    from mlx_lm.utils import save_model
+    d = tmp_path_factory.mktemp("bf16")/"tiny-bf16"
+    d.mkdir()
+    for f in tiny_model.iterdir():
+        if not f.name.startswith("model"): (d/f.name).write_bytes(f.read_bytes())
+    m, _ = mlx_lm.load(str(tiny_model))
+    m.set_dtype(mx.bfloat16)
+    save_model(d, m)
+    assert {str(v.dtype) for v in mx.load(str(d/"model.safetensors")).values()} == {"mlx.core.bfloat16"}
+    return d
+
+
+def _data(d: Path) -> Path:
+    "A directory of small completion rows to train on."
+    d.mkdir(parents=True, exist_ok=True)
+    words = "red green blue one two three four five six seven eight nine ten".split()
+    rows = [{"prompt": f"What is {words[i % 13]} plus {words[(i * 5) % 13]}?", "completion": f"The answer is {words[(i * 3) % 13]}."}
+            for i in range(30)]
+    (d/"train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
+    (d/"valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
+    return d
+
+
+def test_bf16_model_trains_in_float32_on_cpu(bf16_model, tmp_path, capsys):
+    "Saved in bfloat16 and loaded for training on the CPU: float32 by default (and the run log says so); `dtype: bfloat16` keeps it."
+    from finetune.config import TrainConfig
+    from finetune.train import Trainer
+    base = dict(model=str(bf16_model), data=str(_data(tmp_path/"data")), iters=1, batch_size=4, max_seq_length=64, eval_every=10,
+                output_dir=str(tmp_path/"runs"))
+    t = Trainer(TrainConfig.from_dict(base | dict(run_name="auto")))
+    assert weights_dtype(t.model) == "float32"
+    assert {v.dtype for _, v in tree_flatten(t.model.trainable_parameters())} == {mx.float32}
+    t.fit()
+    assert "computing in float32 (the CPU default; saved as bfloat16)" in capsys.readouterr().out
+    kept = Trainer(TrainConfig.from_dict(base | dict(run_name="kept", dtype="bfloat16")))
+    assert weights_dtype(kept.model) == "bfloat16"
+    assert describe_dtype(kept.model).startswith("bfloat16 (dtype: bfloat16 in the config")
+    # The config's dtype also works the other way: a float32 model asked for bfloat16.
+    m, _ = load_model(TrainConfig(model=str(bf16_model), dtype="float16"))
+    assert weights_dtype(m) == "float16" and m.finetune_info.saved_dtype == "bfloat16"
+
+
+def test_ft_info_says_the_dtype_policy(ft_exe, ft_env):
+    import subprocess
+    r = subprocess.run([ft_exe, "info", "--no-measure"], env=ft_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "dtype     auto: float32 on the CPU backend" in r.stdout
+
+
+# --- fast QLoRA on the CPU -------------------------------------------------------------------------------------
+
+def _plain_quantized(model):
+    "Turn the fast quantized classes back into MLX's own (its quantized matmul), in place."
+    for _, m in model.named_modules():
+        m.__class__ = {FastQuantizedLinear: nn.QuantizedLinear, FastQuantizedEmbedding: nn.QuantizedEmbedding}.get(type(m), type(m))
+    return model
+
+
+def test_fast_qlora_equals_the_quantized_path(tiny_model):
+    "Logits and adapter gradients of the dequantize-then-matmul path equal MLX's quantized matmul's, within float32 margins."
+    from finetune.batching import loss_fn
+    acfg = dict(fine_tune_type="lora", lora_rank=8, lora_alpha=16.0)
+    fast, tok = load_model(str(tiny_model), quantize_bits=4, group_size=32)
+    assert fast.finetune_info.fast_quantized == 2 * 7 + 1  # 2 blocks of 7 projections, and the tied embedding
+    slow = _plain_quantized(load_model(str(tiny_model), quantize_bits=4, group_size=32)[0])
+    for m in (fast, slow): attach_adapters(m, acfg)
+    _randomize(fast)
+    slow.load_weights(tree_flatten(fast.trainable_parameters()), strict=False)  # the same adapters on both
+    x = mx.array([tok.encode(PROMPT * 3)])
+    assert x.shape[1] > 8  # enough rows for the fast path
+    a, b = fast(x), slow(x)
+    # Both multiply the same dequantized numbers; only float32 summation order differs (measured ~1e-6 at logits of ~1).
+    assert _max_diff(a, b) < 1e-3 and (a.argmax(-1) == b.argmax(-1)).all().item()
+    inp, tgt = x[:, :-1], x[:, 1:]
+    w = mx.ones(tgt.shape)
+    grad = lambda m: nn.value_and_grad(m, lambda m: loss_fn(m, inp, tgt, w)[0])(m)[1]
+    ga, gb = dict(tree_flatten(grad(fast))), dict(tree_flatten(grad(slow)))
+    assert ga.keys() == gb.keys() and len(ga) == 2 * 2 * 7
+    scale = max(mx.abs(g).max().item() for g in gb.values())
+    assert scale > 0 and max(_max_diff(ga[k], gb[k]) for k in ga) < 1e-3 * scale
+
+
+def test_fast_qlora_keeps_no_float_weights(tmp_path):
+    "A compiled QLoRA step holds the packed weights, not a float32 copy of them: its peak stays far below LoRA's."
+    from finetune.config import TrainConfig
+    from finetune.tiny import make_tiny_model
+    from finetune.train import make_optimizer, make_step
+    from finetune.batching import Batch
+    d = make_tiny_model(tmp_path/"wide", n_layers=4, hidden_size=256, n_heads=4, n_kv_heads=2, intermediate_size=1024)
+    x = mx.array([list(range(1, 18))], mx.int32)
+    batch = Batch(x[:, :-1], x[:, 1:], mx.ones((1, 16)), None, 16, 16, 16, mx.arange(16))
+    extra = {}
+    for bits in (None, 4):
+        c = TrainConfig(model=str(d), quantize_bits=bits, quantize_group_size=32, lora_rank=4)
+        m, _ = load_model(c)
+        attach_adapters(m, c)
+        opt = make_optimizer(c, 10); opt.init(m.trainable_parameters())
+        micro, update = make_step(m, opt)
+        for _ in range(2):  # the first compiles
+            mx.eval(m.parameters(), opt.state)
+            base = mx.get_active_memory(); mx.reset_peak_memory()
+            mx.eval(update(*micro(batch)), m.state, opt.state)
+        extra[bits] = mx.get_peak_memory() - base
+        del m, opt, micro, update
+    f32_layers = 4 * (2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 1024) * 4  # what all blocks' weights take in float32
+    # A step's own memory (activations, one dequantized slice at a time) is about the same either way; a QLoRA step that kept
+    # every dequantized weight alive would add all of f32_layers on top.
+    assert extra[4] < extra[None] + 0.5 * f32_layers, (extra, f32_layers)
+
+
+def test_qlora_loss_falls(tiny_model, tmp_path):
+    from finetune.config import TrainConfig
+    from finetune.callbacks import Progress
+    from finetune.train import train
+    t = train(TrainConfig(model=str(tiny_model), data=str(_data(tmp_path/"data")), quantize_bits=4, quantize_group_size=32, lora_rank=8,
+                          learning_rate=3e-3, batch_size=4, iters=16, eval_every=100, max_seq_length=64, output_dir=str(tmp_path/"runs")),
+              callbacks=[Progress(enabled=False)])
+    assert type(t.model.layers[0].mlp.up_proj.linear).__name__ == "FastQuantizedLinear"
+    ls = [r["train_loss"] for r in t.history["train"]]
+    assert sum(ls[-4:]) / 4 < 0.7 * sum(ls[:4]) / 4, ls
