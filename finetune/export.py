@@ -1,4 +1,4 @@
-"""Take a run out of finetune: fuse the adapters into a Hugging Face-format model, write a PEFT adapter for transformers users, convert to GGUF for llama.cpp, and upload to the Hugging Face Hub with a model card.
+"""Take a run out of finetune: fuse the adapters into a Hugging Face-format model, write a PEFT adapter for transformers users, a GGUF (or a LoRA adapter GGUF) for llama.cpp, an Ollama model (GGUF + Modelfile with the training chat template), and upload to the Hugging Face Hub with a model card.
 
 Docs: https://finetune-dev.github.io/finetune/export.html.md"""
 
@@ -14,8 +14,10 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 # %% auto #0
-__all__ = ['PEFT_LEAVES', 'GGUF_ARCHITECTURES', 'UPLOAD_PATTERNS', 'merge_adapters', 'fuse', 'peft_weights', 'peft_config',
-           'peft_base', 'to_peft', 'to_gguf', 'model_card', 'upload_files', 'push_to_hub']
+__all__ = ['CHECK_PROMPTS', 'PEFT_LEAVES', 'UPLOAD_PATTERNS', 'merge_adapters', 'greedy_answers', 'fuse', 'peft_weights',
+           'peft_config', 'peft_base', 'to_peft', 'to_gguf', 'lora_pairs', 'to_gguf_lora', 'render_go_template',
+           'chat_renderer', 'ollama_template', 'modelfile', 'read_modelfile', 'to_ollama', 'model_card', 'upload_files',
+           'push_to_hub']
 
 # %% ../nbs/10_export.ipynb #90117dd3
 def _base_of(adapter_path, base) -> str:
@@ -45,25 +47,43 @@ def _write_generation_config(out:Path, tokenizer):
         gc["eos_token_id"] = eos[0] if len(eos) == 1 else eos
         p.write_text(json.dumps(gc, indent=2))
 
+CHECK_PROMPTS = ("What is the capital of France?", "Write one sentence about the sea.", "List three colors.")
+
+def greedy_answers(model, tokenizer, prompts=CHECK_PROMPTS, max_tokens:int=24) -> list[str]:
+    "The model's greedy answers to `prompts`, rendered as in training: what a check that two models answer alike compares."
+    from finetune.generate import generate
+    return [generate(model, tokenizer, p, max_tokens=max_tokens) for p in prompts]
+
 def fuse(adapter_path,               # A run directory with adapters.safetensors + adapter_config.json
          output_dir,                 # Where to write the fused model (created)
          base=None,                  # The base model (default: the one in adapter_config.json)
-         dequantize:bool=False,      # Write a de-quantized (float) model even if the base is quantized
+         dequantize:bool|None=None,  # Float output (default for a quantized base: re-quantizing erases most of a fine-tune); False re-quantizes
          overwrite:bool=False,       # Allow writing into a non-empty output_dir
+         prompts=CHECK_PROMPTS,      # With dequantize=False on a quantized base: prompts whose greedy answers must not change
         ) -> Path:
     "Merge a run's adapters into its base and save a Hugging Face-format model directory."
+    import shutil
     from mlx_lm.utils import dequantize_model, load_config, save
     out = Path(output_dir)
     _check_out(out, overwrite)
     model, tok = load_model(_base_of(adapter_path, base), adapter_path=adapter_path)
     info, config = model.finetune_info, load_config(model.finetune_info.path)
     if info.quantization: config["quantization"] = dict(info.quantization)
-    merge_adapters(model, dequantize)
-    if dequantize:
+    requantize = bool(info.quantization) and dequantize is False
+    before = greedy_answers(model, tok, prompts) if requantize else None
+    merge_adapters(model, dequantize=not requantize)
+    if requantize:
+        after = greedy_answers(model, tok, prompts)
+        if changed := [p for p, a, b in zip(prompts, before, after) if a != b]:
+            raise ExportError(f"Re-quantizing the fused model changes its greedy answers to {len(changed)} of {len(prompts)} check prompts "
+                              f"(first: {changed[0]!r}): the fine-tune would be partly lost.",
+                              hint="Fuse without dequantize=False (the default writes a float model that keeps the fine-tune exactly).")
+    else:
         dequantize_model(model)
         for k in ("quantization", "quantization_config"): config.pop(k, None)
     with contextlib.redirect_stdout(io.StringIO()): save(out, info.path, model, tok, config, donate_model=False)
     _write_generation_config(out, tok)
+    if (src := Path(info.path)/"gguf_source.json").exists(): shutil.copy(src, out/src.name)  # GGUF export carries the source's tokenizer
     return out
 
 # %% ../nbs/10_export.ipynb #73dc311d
@@ -113,34 +133,308 @@ def to_peft(adapter_path, output_dir, base:str|None=None, overwrite:bool=False) 
     return out
 
 # %% ../nbs/10_export.ipynb #13efdbc3
-GGUF_ARCHITECTURES = ("llama", "mistral", "mixtral")
+def _is_run(d:Path) -> bool: return (d/"adapter_config.json").exists() and (d/"adapters.safetensors").exists()
 
-def to_gguf(model_dir,               # A (fused, float) Hugging Face-format model directory
-            output=None,             # The .gguf file to write (default: model_dir/model-f16.gguf)
+def to_gguf(path,                    # A run directory (fused first, into float), or a Hugging Face-format model directory
+            output=None,             # The .gguf file to write (default: path/model-<outtype>.gguf)
+            outtype:str="f16",       # f32, f16 or q8_0 (see `finetune.gguf.write_gguf`)
+            base=None,               # For a run: the base model (default: the run's)
            ) -> Path:
-    "Convert a model directory to a GGUF file with mlx-lm's exporter (llama, mistral, mixtral)."
-    from mlx_lm.gguf import convert_to_gguf
-    d = Path(model_dir)
-    if not (d/"config.json").exists(): raise ExportError(f"'{d}' is not a model directory (no config.json).", hint="Pass the directory fuse() wrote.")
+    "Write a run or model directory as one GGUF file that llama.cpp and Ollama load, with the source model's tokenizer metadata."
+    import tempfile
+    from mlx_lm.utils import dequantize_model
+    from finetune.gguf import GGUF_ARCHS, OUTTYPES, source_tokenizer, write_gguf
+    d = Path(path)
+    if outtype not in OUTTYPES: raise ExportError(f"Unknown GGUF outtype '{outtype}'.", hint=f"Use one of {', '.join(OUTTYPES)}.")
+    out = Path(output) if output is not None else d/f"model-{outtype}.gguf"
+    if _is_run(d):
+        with tempfile.TemporaryDirectory() as t: return to_gguf(fuse(d, Path(t)/"fused", base=base), out, outtype)
+    if not (d/"config.json").exists(): raise ExportError(f"'{d}' is neither a run (adapters.safetensors) nor a model directory (config.json).",
+                                                       hint="Pass a run directory, or the directory fuse() wrote.")
     cfg = json.loads((d/"config.json").read_text())
-    mt = cfg.get("model_type")
-    if mt not in GGUF_ARCHITECTURES:
-        raise ExportError(f"GGUF export supports the {', '.join(GGUF_ARCHITECTURES)} architectures; this model is '{mt}'.",
+    if cfg.get("model_type") not in GGUF_ARCHS.values():
+        raise ExportError(f"GGUF export supports the {', '.join(GGUF_ARCHS.values())} architectures; this model is '{cfg.get('model_type')}'.",
                           hint="Convert the fused Hugging Face directory with llama.cpp's convert_hf_to_gguf.py instead.")
-    if cfg.get("quantization") or cfg.get("quantization_config"):
-        raise ExportError("GGUF export needs a float model, and this one is quantized.", hint="Fuse with dequantize=True first.")
-    if not (d/"tokenizer.json").exists(): raise ExportError(f"'{d}' has no tokenizer.json, which GGUF export needs.", hint="Export from a model with a fast tokenizer.")
-    try: model, _, config = _load_with_config(d)
+    try: model, tok, config = _load_with_config(d)
     except ModelError as e: raise ExportError(f"Cannot load '{d}' for GGUF export: {e.message}", hint=e.hint) from e
-    out = Path(output) if output is not None else d/"model-f16.gguf"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.redirect_stdout(io.StringIO()): convert_to_gguf(d, dict(tree_flatten(model.parameters())), config, str(out))
-    return out
+    dequantize_model(model)  # GGUF gets float (or its own Q8_0) weights
+    try: return write_gguf(dict(tree_flatten(model.parameters())), config, tok, out, outtype, source=source_tokenizer(d), name=d.name)
+    except ModelError as e: raise ExportError(f"Cannot write '{d}' as GGUF: {e.message}", hint=e.hint) from e
 
 def _load_with_config(d:Path):
     "mlx_lm.load with the config, errors as ModelErrors."
     from finetune.models import _mlx_load
     return _mlx_load(Path(d), str(d))
+
+# %% ../nbs/10_export.ipynb #de55de55
+def lora_pairs(adapter_path) -> tuple[dict, float]:
+    "A run's LoRA weights as Hugging Face weight name -> (A, B) in PEFT's layout, and LoRA alpha (mlx-lm's scale × rank)."
+    acfg = read_adapter_config(adapter_path)
+    if (kind := acfg.get("fine_tune_type", "lora")) != "lora":
+        raise ExportError(f"llama.cpp applies LoRA adapters only; this run is a '{kind}' fine-tune.",
+                          hint="Export the fused model instead: to_gguf(run) (`ft model export RUN out.gguf --to gguf`).")
+    w = mx.load(str(Path(adapter_path)/"adapters.safetensors"))
+    pairs = {}
+    for k, v in w.items():
+        mod, leaf = k.rsplit(".", 1)
+        if leaf not in ("lora_a", "lora_b"): raise ExportError(f"Unexpected adapter weight '{k}'.", hint="Only LoRA adapters (lora_a, lora_b) can be written.")
+        pairs.setdefault(f"{mod}.weight", {})[leaf] = v.T  # mlx-lm keeps x @ lora_a @ lora_b: PEFT's A and B transposed
+    lp = acfg["lora_parameters"]
+    return {k: (p["lora_a"], p["lora_b"]) for k, p in pairs.items()}, float(lp["scale"]) * int(lp["rank"])
+
+def to_gguf_lora(adapter_path,        # A LoRA run directory
+                 output=None,         # The .gguf file to write (default: adapter_path/adapter-<outtype>.gguf)
+                 base=None,           # The base model (default: the run's), for its architecture
+                 outtype:str="f32",   # f32 or f16
+                ) -> Path:
+    "Write a run's LoRA adapter as a GGUF file for llama.cpp's `--lora` (used with a GGUF of the base model)."
+    from mlx_lm.utils import load_config
+    from finetune.gguf import write_gguf_lora
+    pairs, alpha = lora_pairs(adapter_path)
+    cfg = load_config(resolve_model(_base_of(adapter_path, base)))
+    out = Path(output) if output is not None else Path(adapter_path)/f"adapter-{outtype}.gguf"
+    try: return write_gguf_lora(pairs, alpha, cfg, out, outtype, name=Path(adapter_path).name)
+    except (ModelError, KeyError) as e: raise ExportError(f"Cannot write the adapter of '{adapter_path}' as GGUF: {e}",
+                                                         hint="llama.cpp adapters cover the llama family's linear layers.") from e
+
+# %% ../nbs/10_export.ipynb #1d24262c
+_GO_TOKEN = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
+
+def _go_parse(template:str) -> list:
+    "A Go text/template as a tree of text, `{{ expr }}` output, `range`, `if`/`else if`/`else` and `$x := expr` nodes (the subset Ollama templates use here)."
+    parts, pos = [], 0
+    for m in _GO_TOKEN.finditer(template):
+        parts.append(("text", template[pos:m.start()])); parts.append(("tag", m[2], m[1] == "-", m[3] == "-")); pos = m.end()
+    parts.append(("text", template[pos:]))
+    for i, p in enumerate(parts):  # trim markers eat the whitespace next to them
+        if p[0] != "tag": continue
+        if p[2] and i > 0: parts[i-1] = ("text", parts[i-1][1].rstrip())
+        if p[3] and i + 1 < len(parts): parts[i+1] = ("text", parts[i+1][1].lstrip())
+    def block(i, stop):
+        out = []
+        while i < len(parts):
+            p = parts[i]
+            if p[0] == "text":
+                if p[1]: out.append(("text", p[1]))
+                i += 1; continue
+            word = p[1].split(None, 1)[0] if p[1] else ""
+            if word in stop: return out, i
+            if word == "range":
+                body, i = block(i + 1, ("end",)); out.append(("range", p[1][5:].strip(), body)); i += 1
+            elif word == "if":
+                arms, cond = [], p[1][2:].strip()
+                while True:
+                    body, i = block(i + 1, ("else", "end"))
+                    arms.append((cond, body))
+                    t = parts[i][1]
+                    if t == "end": break
+                    cond = t[4:].strip()[2:].strip() if t.startswith("else if") else "true"
+                out.append(("if", arms)); i += 1
+            else: out.append(("expr", p[1])); i += 1
+        if stop: raise ExportError(f"Unclosed '{{{{ {stop[0]} }}}}' in a Go template.", hint="Check the template's range/if blocks.")
+        return out, i
+    return block(0, ())[0]
+
+def _go_words(s:str) -> list:
+    "Split a Go template expression into words, keeping strings and parenthesized groups whole."
+    out, i = [], 0
+    while i < len(s):
+        if s[i].isspace(): i += 1; continue
+        if s[i] == '"':
+            j = i + 1
+            while s[j] != '"': j += 2 if s[j] == "\\" else 1
+            out.append(s[i:j+1]); i = j + 1
+        elif s[i] == "(":
+            depth, j = 0, i
+            while True:
+                depth += {"(": 1, ")": -1}.get(s[j], 0)
+                if depth == 0: break
+                j += 1
+            out.append(s[i:j+1]); i = j + 1
+        else:
+            j = i
+            while j < len(s) and not s[j].isspace() and s[j] != "(": j += 1
+            out.append(s[i:j]); i = j
+    return out
+
+_GO_FUNCS = {"eq": lambda a, *b: any(a == x for x in b), "ne": lambda a, b: a != b, "not": lambda a: not _go_true(a),
+             "and": lambda *a: next((x for x in a if not _go_true(x)), a[-1]), "or": lambda *a: next((x for x in a if _go_true(x)), a[-1]),
+             "len": len, "slice": lambda x, i=0, j=None: x[i:j], "index": lambda x, i: x[i]}
+
+def _go_true(v) -> bool: return bool(v)
+
+def _go_eval(expr:str, dot, env:dict):
+    "Evaluate a Go template pipeline (no `|`) of fields, variables, string/number literals and the functions Ollama templates use here."
+    words = _go_words(expr)
+    def atom(w):
+        if w.startswith("("): return _go_eval(w[1:-1], dot, env)
+        if w.startswith('"'): return json.loads(w)
+        if w.lstrip("-").isdigit(): return int(w)
+        if w in ("true", "false"): return w == "true"
+        base, *fields = w.split(".") if not w.startswith(".") else ["."] + w[1:].split(".")
+        v = dot if base == "." else env["$"] if base == "$" else env[base] if base.startswith("$") else None
+        if base not in (".", "$") and not base.startswith("$"): raise ExportError(f"Unknown Go template word '{w}'.", hint="Only fields, variables and eq/ne/not/and/or/len/slice/index are supported.")
+        for f in (f for f in fields if f):
+            v = v.get(f, "") if isinstance(v, dict) else getattr(v, f, "")
+        return v
+    if words[0] in _GO_FUNCS: return _GO_FUNCS[words[0]](*[atom(w) for w in words[1:]])
+    if len(words) != 1: raise ExportError(f"Cannot evaluate Go template expression '{expr}'.", hint="Only fields, variables and eq/ne/not/and/or/len/slice/index are supported.")
+    return atom(words[0])
+
+def render_go_template(template:str, messages:list, system:str|None=None) -> str:
+    "Render an Ollama TEMPLATE for a chat as Ollama does: a Modelfile SYSTEM goes first unless the chat starts with a system message."
+    msgs = [dict(m) for m in messages]
+    if system and (not msgs or msgs[0]["role"] != "system"): msgs.insert(0, {"role": "system", "content": system})
+    data = {"Messages": [{"Role": m["role"], "Content": m.get("content") or ""} for m in msgs],
+            "System": "\n\n".join(m["content"] for m in msgs if m["role"] == "system"), "Prompt": "", "Response": "", "Tools": []}
+    def run(nodes, dot, env) -> str:
+        out = []
+        for n in nodes:
+            if n[0] == "text": out.append(n[1])
+            elif n[0] == "expr":
+                if m := re.fullmatch(r"(\$\w+)\s*:?=\s*(.+)", n[1], re.S): env[m[1]] = _go_eval(m[2], dot, env)
+                else: out.append(str(_go_eval(n[1], dot, env)))
+            elif n[0] == "if":
+                for cond, body in n[1]:
+                    if cond == "true" or _go_true(_go_eval(cond, dot, env)): out.append(run(body, dot, env)); break
+            else:
+                m = re.fullmatch(r"(?:(\$\w+)\s*,\s*(\$\w+)\s*:=\s*)?(.+)", n[1], re.S)
+                for i, item in enumerate(_go_eval(m[3], dot, env)):
+                    out.append(run(n[2], item, {**env, **({m[1]: i, m[2]: item} if m[1] else {})}))
+        return "".join(out)
+    return run(_go_parse(template), data, {"$": data})
+
+# %% ../nbs/10_export.ipynb #02f9e396
+def chat_renderer(tokenizer, template:str="auto", fmt:str="chat"):
+    "`render(messages, add_generation_prompt)`: a chat as training rendered it (the model's chat template or the run's fallback template)."
+    from finetune.data import eos_token, render_fallback, render_model, resolve_template
+    from finetune.generate import render_prompt
+    name = resolve_template(tokenizer, template, fmt, quiet=True)
+    if name == "none": raise ExportError("This run trained on raw text, so there is no chat template to convert.", hint="Use the model with plain prompts.")
+    def render(messages, add_generation_prompt:bool=False) -> str:
+        if add_generation_prompt: return render_prompt(tokenizer, messages, name, fmt)
+        return render_model(tokenizer, messages)[0] if name == "model" else render_fallback(name, messages, None, eos_token(tokenizer)[0])[0]
+    return render
+
+def _lit(s:str) -> str:
+    "Go template text for literal `s` (a quoted string when it holds template delimiters)."
+    return s if "{{" not in s and "}}" not in s else "{{ " + json.dumps(s) + " }}"
+
+_CHECK_CHATS = ([{"role": "user", "content": "Hi there"}],
+                [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color.\nOne word."}],
+                [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+                [{"role": "system", "content": "You answer in JSON."}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "{\"x\": 1}"},
+                 {"role": "user", "content": "b"}, {"role": "assistant", "content": "Line one\nLine two"}, {"role": "user", "content": "c ü 日本"}])
+
+def ollama_template(render,                # `render(messages, add_generation_prompt)`, e.g. `chat_renderer(tokenizer)`
+                    bos:str|None=None,     # The BOS token's text
+                    add_bos:bool=False,    # Whether the GGUF's tokenizer adds BOS itself (then the template leaves it out)
+                   ) -> tuple[str, str|None, str]:
+    "An Ollama TEMPLATE (Go) reproducing a chat template, a default SYSTEM (or None), and the assistant's end-of-turn text; checked on sample chats."
+    def fail(why): raise ExportError(f"The chat template cannot be converted to an Ollama template: {why}.",
+                                     hint="Write the Modelfile's TEMPLATE by hand (the GGUF itself still carries the chat template).")
+    marks = [f"Qz{i}xK" for i in range(6)]
+    roles = ["system", "user", "assistant", "user", "assistant", "user"]
+    def seps(msgs, gen=False):
+        try: t = render([{"role": r, "content": c} for r, c in msgs], gen)
+        except Exception as e: fail(f"rendering a sample chat failed ({type(e).__name__}: {e})")
+        out, pos = [], 0
+        for _, c in msgs:
+            if (i := t.find(c, pos)) < 0: fail("a message's text does not appear verbatim in the rendered chat")
+            out.append(t[pos:i]); pos = i + len(c)
+        return out + [t[pos:]], t
+    def strip(s, pre="", suf=""):
+        if not (s.startswith(pre) and s.endswith(suf) and len(s) >= len(pre) + len(suf)): fail("the text between messages depends on more than the two roles")
+        return s[len(pre):len(s) - len(suf)]
+    full = list(zip(roles, marks))
+    s, no_gen = seps(full)
+    tail_u = s[6]
+    head_a = strip(s[2], tail_u)
+    tail_a = seps(full[:5])[0][5]
+    head_u = strip(s[3], tail_a)
+    tail_s = strip(s[1], "", head_u)
+    if (s[4], s[5]) != (s[2], s[3]): fail("the text between messages changes along the chat")
+    gen = strip(seps(full, True)[1], no_gen)
+    u0 = seps(full[1:4])[0][0]  # a chat without a system message
+    prefix = bos if bos and s[0].startswith(bos) and u0.startswith(bos) else ""
+    if add_bos and prefix != bos: fail("llama.cpp would put a BOS token first, which the training prompts did not have")
+    head_s, default = s[0][len(prefix):], None
+    if (x := strip(u0, prefix, head_u)):
+        default = strip(x, head_s, tail_s)
+        if not default or head_s + default + tail_s != x: fail("the text before a chat without a system message is not a system message")
+    go = (_lit("" if add_bos else prefix) + "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
+          f'{{{{ if eq .Role "system" }}}}{_lit(head_s)}{{{{ .Content }}}}{_lit(tail_s)}'
+          f'{{{{ else if eq .Role "user" }}}}{_lit(head_u)}{{{{ .Content }}}}{_lit(tail_u)}'
+          f'{{{{ else if eq .Role "assistant" }}}}{_lit(head_a)}{{{{ .Content }}}}{{{{ if not $last }}}}{_lit(tail_a)}{{{{ end }}}}{{{{ end }}}}'
+          f'{{{{ if and $last (ne .Role "assistant") }}}}{_lit(gen)}{{{{ end }}}}{{{{ end }}}}')
+    for chat in _CHECK_CHATS:
+        want = render(chat, True)
+        if add_bos: want = want[len(bos):]
+        if render_go_template(go, chat, default) != want: fail(f"the converted template renders a sample chat differently ({chat[-1]['content']!r})")
+    return go, default, tail_a
+
+# %% ../nbs/10_export.ipynb #94c43c9d
+def _q(s:str) -> str:
+    "A Modelfile string: triple-quoted when it holds a newline or a quote."
+    if '"""' in s: raise ExportError('A Modelfile value cannot hold three double quotes in a row.', hint="Write this Modelfile by hand.")
+    return f'"""{s}"""' if ("\n" in s or '"' in s or s != s.strip()) else f'"{s}"' if " " in s else s
+
+def modelfile(gguf_name:str,            # The GGUF file, relative to the Modelfile
+              template:str,             # TEMPLATE (Go), see `ollama_template`
+              system:str|None=None,     # SYSTEM: the default system message
+              stop=(),                  # Stop strings (end-of-turn texts)
+              num_ctx:int|None=None,    # Context length
+              temperature:float|None=None, top_p:float|None=None) -> str:
+    "The text of an Ollama Modelfile."
+    lines = [f"FROM ./{gguf_name}", f"TEMPLATE {_q(template)}"]
+    if system: lines.append(f"SYSTEM {_q(system)}")
+    lines += [f"PARAMETER stop {_q(s)}" for s in dict.fromkeys(stop) if s]
+    for k, v in (("num_ctx", num_ctx), ("temperature", temperature), ("top_p", top_p)):
+        if v is not None: lines.append(f"PARAMETER {k} {v}")
+    return "\n".join(lines) + "\n"
+
+def read_modelfile(path) -> dict:
+    "A Modelfile's FROM, TEMPLATE, SYSTEM (strings) and PARAMETERs (name -> list of values), as Ollama reads them."
+    text, out = Path(path).read_text(), {"PARAMETER": {}}
+    for m in re.finditer(r'^(\w+)\s+(?:"""(.*?)"""|"(.*?)"|(.*?))\s*$', text, re.S | re.M):
+        cmd, val = m[1].upper(), next(g for g in m.groups()[1:] if g is not None)
+        if cmd == "PARAMETER":
+            k, v = val.split(None, 1)
+            out["PARAMETER"].setdefault(k, []).append(v.strip('"') if not v.startswith('"""') else v[3:-3])
+        else: out[cmd] = val
+    return out
+
+def to_ollama(path,                 # A run directory (or a model directory)
+              output_dir,           # The folder for model.gguf and Modelfile (created)
+              outtype:str="f16",    # GGUF weights: f32, f16 or q8_0
+              base=None,            # For a run: the base model (default: the run's)
+              overwrite:bool=False,
+             ) -> Path:
+    "Write a GGUF and a Modelfile whose TEMPLATE, SYSTEM and stop strings reproduce the chat template training used: `ollama create NAME -f DIR/Modelfile`."
+    from finetune.config import load_config
+    d, out = Path(path), Path(output_dir)
+    _check_out(out, overwrite)
+    template, fmt = "auto", "chat"
+    if (d/"config.yaml").exists():
+        c = load_config(d/"config.yaml")
+        template, fmt = c.template, c.data_format if c.data_format != "auto" else "chat"
+    model_dir = resolve_model(_base_of(d, base)) if _is_run(d) else d
+    from mlx_lm.utils import load_tokenizer
+    tok = load_tokenizer(model_dir)
+    hf = getattr(tok, "_tokenizer", tok)
+    render = chat_renderer(tok, template, fmt)
+    gg = to_gguf(d, out/"model.gguf", outtype, base=base)
+    from gguf import GGUFReader
+    f = GGUFReader(str(gg)).fields
+    add_bos = bool(f["tokenizer.ggml.add_bos_token"].contents()) if "tokenizer.ggml.add_bos_token" in f else False
+    try: go, system, end = ollama_template(render, hf.bos_token, add_bos)
+    except ExportError: gg.unlink(); raise
+    gc = json.loads(p.read_text()) if (p := model_dir/"generation_config.json").exists() else {}
+    cfg = json.loads((model_dir/"config.json").read_text())
+    (out/"Modelfile").write_text(modelfile(gg.name, go, system, [end.strip(), hf.eos_token or ""],
+                                           num_ctx=min(cfg.get("max_position_embeddings") or 4096, 8192),
+                                           temperature=gc.get("temperature"), top_p=gc.get("top_p")))
+    return out
 
 # %% ../nbs/10_export.ipynb #60761e3f
 def _table(d:dict) -> str:

@@ -13,9 +13,10 @@ from .tiny import finetune_home
 import mlx.core as mx
 
 # %% auto #0
-__all__ = ['GGUF_ARCHS', 'GROUP', 'read_gguf', 'is_gguf', 'gguf_file_type', 'hf_name', 'gguf_name', 'permute_qk', 'gguf_config',
-           'default_dtype', 'hf_weights', 'file_digest', 'gguf_tokenizer', 'import_gguf', 'tokenizer_metadata',
-           'gguf_model_metadata', 'write_gguf']
+__all__ = ['GGUF_ARCHS', 'GROUP', 'OUTTYPES', 'read_gguf', 'is_gguf', 'gguf_file_type', 'hf_name', 'gguf_name', 'permute_qk',
+           'gguf_config', 'default_dtype', 'hf_weights', 'file_digest', 'gguf_tokenizer', 'import_gguf',
+           'source_tokenizer', 'bpe_pre', 'tokenizer_metadata', 'gguf_tensor', 'gguf_model_metadata', 'write_gguf',
+           'write_gguf_lora']
 
 # %% ../nbs/02c_gguf.ipynb #e4a5ff43
 def _py(v):
@@ -196,48 +197,170 @@ def import_gguf(path,                 # A .gguf file
     return d
 
 # %% ../nbs/02c_gguf.ipynb #7de04c27
-def tokenizer_metadata(tokenizer) -> dict:
-    "GGUF tokenizer metadata (llama.cpp's `gpt2` byte-level BPE kind) for a Hugging Face fast tokenizer: tokens, types, merges, special ids, chat template."
-    tok = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's TokenizerWrapper holds the transformers one
-    spec = json.loads(tok.backend_tokenizer.to_str())["model"]
-    if spec["type"] != "BPE":
-        raise ModelError(f"Only byte-level BPE tokenizers can be written to GGUF here; this one is {spec['type']}.", hint="Use llama.cpp's convert_hf_to_gguf.py.")
+_V = None  # gguf.GGUFValueType, imported on first use
+
+def _vt():
+    global _V
+    if _V is None: from gguf import GGUFValueType as _V
+    return _V
+
+def _kv(v, vtype=None, sub=None) -> tuple:
+    "A typed GGUF metadata value `(value, type, array item type)`: bool, uint32, float32, string, or an array of strings unless told."
+    V = _vt()
+    if vtype is not None: return (v, vtype, sub)
+    if isinstance(v, bool): return (v, V.BOOL, None)
+    if isinstance(v, int): return (v, V.UINT32, None)
+    if isinstance(v, float): return (v, V.FLOAT32, None)
+    if isinstance(v, str): return (v, V.STRING, None)
+    return (list(v), V.ARRAY, sub or V.STRING)
+
+def source_tokenizer(model_dir) -> dict|None:
+    "The `tokenizer.*` metadata, typed and verbatim, of the GGUF file `model_dir` was imported from (its `gguf_source.json`), if that file is still there unchanged."
+    s = Path(model_dir)/"gguf_source.json"
+    if not s.exists(): return None
+    info = json.loads(s.read_text())
+    p = Path(info.get("path", ""))
+    if not p.is_file() or file_digest(p) != info.get("sha256"): return None
+    from gguf import GGUFReader
+    fields = GGUFReader(str(p)).fields
+    return {k: (f.contents(), f.types[0], f.types[-1] if len(f.types) > 1 else None) for k, f in fields.items() if k.startswith("tokenizer.")}
+
+# %% ../nbs/02c_gguf.ipynb #81ddeecf
+# llama.cpp's pre-tokenizer names for the split rules Hugging Face byte-level BPE tokenizers use (the regexes are the models' own)
+_LLAMA3_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_SPLIT_PRE = {_LLAMA3_RE: "llama-bpe", _LLAMA3_RE.replace(r"\p{N}{1,3}", r"\p{N}"): "qwen2"}
+
+def bpe_pre(pre:dict|None) -> str:
+    "llama.cpp's `tokenizer.ggml.pre` name for a tokenizer.json `pre_tokenizer` of a byte-level BPE tokenizer."
+    steps = (pre or {}).get("pretokenizers", [pre]) if (pre or {}).get("type") == "Sequence" else [pre]
+    kinds = [s and s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True): return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True): return "smollm"
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        if (name := _SPLIT_PRE.get(steps[0].get("pattern", {}).get("Regex"))): return name
+    raise ModelError(f"llama.cpp has no pre-tokenizer known here for this tokenizer's split rules ({json.dumps(pre)[:200]}).",
+                     hint="Export from a model imported from GGUF, or convert the fused model with llama.cpp's convert_hf_to_gguf.py.")
+
+# %% ../nbs/02c_gguf.ipynb #9cd2e4f2
+def _hf_tok(tokenizer): return getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's TokenizerWrapper holds the transformers one
+
+def _adds(tok, i, at:int) -> bool:
+    "Whether the tokenizer puts token `i` at position `at` of every encoding when adding special tokens."
+    return i is not None and tok("a", add_special_tokens=True)["input_ids"][at] == i
+
+def tokenizer_metadata(tokenizer,        # A Hugging Face fast tokenizer (or mlx-lm's wrapper of one)
+                       source:dict|None=None, # `source_tokenizer(model_dir)`: the original GGUF's tokenizer fields, carried verbatim
+                      ) -> dict:
+    "Typed GGUF tokenizer metadata: the source GGUF's own when given, else built for llama.cpp's `gpt2` (byte-level BPE) kind."
+    if source: return dict(source)
+    V, tok = _vt(), _hf_tok(tokenizer)
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    if spec["model"]["type"] != "BPE" or spec["model"].get("byte_fallback") or (spec.get("decoder") or {}).get("type") not in ("ByteLevel", None):
+        raise ModelError(f"Only byte-level BPE tokenizers can be written to GGUF here; this one is {spec['model']['type']} "
+                         f"({'byte fallback' if spec['model'].get('byte_fallback') else (spec.get('decoder') or {}).get('type')}).",
+                         hint="Export from a model imported from GGUF, or convert the fused model with llama.cpp's convert_hf_to_gguf.py.")
     vocab = tok.get_vocab()
     tokens = [None] * len(vocab)
     for t, i in vocab.items(): tokens[i] = t
-    if None in tokens: raise ModelError("The tokenizer's ids are not contiguous.", hint="Use llama.cpp's convert_hf_to_gguf.py.")
+    if None in tokens: raise ModelError("The tokenizer's ids are not contiguous.", hint="Convert with llama.cpp's convert_hf_to_gguf.py.")
     added = {a.content: a.special for a in tok.added_tokens_decoder.values()}
     types = [(3 if added[t] else 4) if t in added else 1 for t in tokens]  # 1 normal, 3 control, 4 user-defined
-    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": mx.array(types, dtype=mx.int32),
-            "tokenizer.ggml.merges": [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]],
-            "tokenizer.ggml.add_bos_token": mx.array(False)}
-    for k, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")):
-        if (i := getattr(tok, attr)) is not None: meta[f"tokenizer.ggml.{k}_token_id"] = mx.array(i, dtype=mx.uint32)
-    if isinstance(tok.chat_template, str): meta["tokenizer.chat_template"] = tok.chat_template
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    meta = {"tokenizer.ggml.model": _kv("gpt2"), "tokenizer.ggml.pre": _kv(bpe_pre(spec.get("pre_tokenizer"))),
+            "tokenizer.ggml.tokens": _kv(tokens), "tokenizer.ggml.token_type": _kv(types, V.ARRAY, V.INT32),
+            "tokenizer.ggml.merges": _kv(merges), "tokenizer.ggml.add_bos_token": _kv(_adds(tok, tok.bos_token_id, 0)), "tokenizer.ggml.add_eos_token": _kv(_adds(tok, tok.eos_token_id, -1)),
+            "tokenizer.ggml.add_space_prefix": _kv(False)}
+    for k, attr in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id"), ("unknown", "unk_token_id")):
+        if (i := getattr(tok, attr, None)) is not None: meta[f"tokenizer.ggml.{k}_token_id"] = _kv(int(i))
+    if isinstance(tok.chat_template, str): meta["tokenizer.chat_template"] = _kv(tok.chat_template)
     return meta
 
-def gguf_model_metadata(cfg:dict) -> dict:
-    "GGUF architecture metadata for a llama-family Hugging Face `config.json` dict."
-    a = {v: k for k, v in GGUF_ARCHS.items()}.get(cfg["model_type"], "llama")
-    u, f = (lambda v: mx.array(v, dtype=mx.uint32)), (lambda v: mx.array(v, dtype=mx.float32))
-    heads = cfg["num_attention_heads"]; hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    return {"general.architecture": a, f"{a}.embedding_length": u(cfg["hidden_size"]), f"{a}.feed_forward_length": u(cfg["intermediate_size"]),
-            f"{a}.block_count": u(cfg["num_hidden_layers"]), f"{a}.attention.head_count": u(heads),
-            f"{a}.attention.head_count_kv": u(cfg.get("num_key_value_heads", heads)), f"{a}.rope.dimension_count": u(hd),
-            f"{a}.attention.layer_norm_rms_epsilon": f(cfg.get("rms_norm_eps", 1e-6)), f"{a}.rope.freq_base": f(cfg.get("rope_theta", 10000.0)),
-            f"{a}.context_length": u(cfg.get("max_position_embeddings", 4096)), f"{a}.vocab_size": u(cfg["vocab_size"])}
+# %% ../nbs/02c_gguf.ipynb #fb9d5e4d
+OUTTYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # outtype -> general.file_type (llama.cpp's LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q8_0)
 
-def write_gguf(weights:dict, cfg:dict, tokenizer, path) -> Path:
-    "Write Hugging Face-named float `weights` of a llama-family model (config dict `cfg`) and its tokenizer as GGUF file `path`."
-    a = {v: k for k, v in GGUF_ARCHS.items()}.get(cfg["model_type"], "llama")
-    heads = cfg["num_attention_heads"]; kv = cfg.get("num_key_value_heads", heads)
-    out = {}
-    for k, v in weights.items():
-        if a == "llama" and k.endswith(("q_proj.weight", "k_proj.weight")): v = permute_qk(v, heads if "q_proj" in k else kv)
-        out[gguf_name(k)] = v
-    ftype = {mx.float32: 0, mx.float16: 1, mx.bfloat16: 32}[next(v.dtype for k, v in weights.items() if v.ndim == 2)]
-    meta = {**gguf_model_metadata(cfg), **tokenizer_metadata(tokenizer), "general.file_type": mx.array(ftype, dtype=mx.uint32)}
+def gguf_tensor(name:str, v:mx.array, outtype:str="f16") -> tuple:
+    "GGUF tensor `name` as (numpy data, raw GGML type or None) for `outtype`: 1-D tensors stay float32; Q8_0 needs rows in blocks of 32."
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    a = np.array(v.astype(mx.float32))
+    if a.ndim < 2 or outtype == "f32": return a, None
+    if outtype == "q8_0" and a.shape[-1] % 32 == 0:
+        from gguf.quants import quantize
+        return quantize(a, Q.Q8_0), Q.Q8_0
+    return a.astype(np.float16), None
+
+def _write(path, arch:str, meta:dict, tensors:dict) -> Path:
+    "Write a GGUF file atomically: `meta` of typed values, `tensors` of (data, raw type)."
+    from gguf import GGUFWriter
     p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp.gguf"); mx.save_gguf(str(tmp), out, meta); os.replace(tmp, p)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    w = GGUFWriter(str(tmp), arch)
+    try:
+        for k, (v, t, sub) in meta.items(): w.add_key_value(k, v, t, sub_type=sub)
+        for k, (a, raw) in tensors.items(): w.add_tensor(k, a, raw_dtype=raw)
+        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+        os.replace(tmp, p)
+    finally: tmp.unlink(missing_ok=True)
     return p
+
+def _arch_of(cfg:dict) -> str:
+    a = {v: k for k, v in GGUF_ARCHS.items()}.get(cfg.get("model_type"))
+    if a is None: raise ModelError(f"GGUF export supports the {', '.join(GGUF_ARCHS)} architectures; this model is '{cfg.get('model_type')}'.",
+                                   hint="Convert the fused Hugging Face directory with llama.cpp's convert_hf_to_gguf.py instead.")
+    return a
+
+def gguf_model_metadata(cfg:dict) -> dict:
+    "Typed GGUF architecture metadata for a llama-family Hugging Face `config.json` dict."
+    a = _arch_of(cfg)
+    heads = cfg["num_attention_heads"]; hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    u = lambda k, v: (f"{a}.{k}", _kv(int(v)))
+    f = lambda k, v: (f"{a}.{k}", _kv(float(v)))
+    return dict([u("embedding_length", cfg["hidden_size"]), u("feed_forward_length", cfg["intermediate_size"]),
+                 u("block_count", cfg["num_hidden_layers"]), u("attention.head_count", heads),
+                 u("attention.head_count_kv", cfg.get("num_key_value_heads", heads)), u("attention.key_length", hd),
+                 u("attention.value_length", hd), u("rope.dimension_count", hd),
+                 f("attention.layer_norm_rms_epsilon", cfg.get("rms_norm_eps", 1e-6)), f("rope.freq_base", cfg.get("rope_theta", 10000.0)),
+                 u("context_length", cfg.get("max_position_embeddings", 4096)), u("vocab_size", cfg["vocab_size"])])
+
+def write_gguf(weights:dict,            # Hugging Face-named float weights of a llama-family model
+               cfg:dict,                # Its `config.json` dict
+               tokenizer,               # Its tokenizer (Hugging Face fast, or mlx-lm's wrapper)
+               path,                    # The .gguf file to write
+               outtype:str="f16",       # f32, f16 (2-D weights; norms stay f32) or q8_0
+               source:dict|None=None,   # `source_tokenizer(...)`: tokenizer metadata to carry verbatim
+               name:str|None=None,      # `general.name`
+              ) -> Path:
+    "Write a model as a GGUF file llama.cpp loads: weights in `outtype` (q/k rows in llama.cpp's rotary order), architecture and tokenizer metadata."
+    if outtype not in OUTTYPES: raise ModelError(f"Unknown GGUF outtype '{outtype}'.", hint=f"Use one of {', '.join(OUTTYPES)}.")
+    a = _arch_of(cfg)
+    heads = cfg["num_attention_heads"]; kv = cfg.get("num_key_value_heads", heads)
+    if source and len(source.get("tokenizer.ggml.tokens", ([],))[0]) != cfg["vocab_size"]: source = None  # not the same vocabulary
+    tensors = {}
+    for k, v in weights.items():
+        if k == "lm_head.weight" and cfg.get("tie_word_embeddings"): continue
+        if a == "llama" and k.endswith(("q_proj.weight", "k_proj.weight")): v = permute_qk(v, heads if "q_proj" in k else kv)
+        tensors[gguf_name(k)] = gguf_tensor(gguf_name(k), v, outtype)
+    meta = {"general.type": _kv("model"), "general.file_type": _kv(OUTTYPES[outtype]), "general.quantization_version": _kv(2),
+            **({"general.name": _kv(name)} if name else {}), **gguf_model_metadata(cfg), **tokenizer_metadata(tokenizer, source)}
+    return _write(path, a, meta, tensors)
+
+# %% ../nbs/02c_gguf.ipynb #dc5fef9e
+def write_gguf_lora(adapters:dict,    # Hugging Face weight name -> (A, B) in PEFT's layout: A (rank, in), B (out, rank)
+                    alpha:float,      # LoRA alpha: llama.cpp scales B·A by alpha / rank
+                    cfg:dict,         # The base model's `config.json` dict
+                    path,             # The .gguf file to write
+                    outtype:str="f32", # f32 or f16
+                    name:str|None=None,
+                   ) -> Path:
+    "Write a LoRA adapter as a GGUF file for llama.cpp's `--lora`: `<tensor>.lora_a` / `.lora_b` under llama.cpp's names, q/k rows in its rotary order."
+    if outtype not in ("f32", "f16"): raise ModelError(f"A LoRA adapter GGUF is f32 or f16, not '{outtype}'.", hint="Use outtype f32 or f16.")
+    a = _arch_of(cfg)
+    heads = cfg["num_attention_heads"]; kv = cfg.get("num_key_value_heads", heads)
+    tensors = {}
+    for k, (A, B) in adapters.items():
+        if a == "llama" and k.endswith(("q_proj.weight", "k_proj.weight")): B = permute_qk(B, heads if "q_proj" in k else kv)
+        n = gguf_name(k)
+        tensors[f"{n}.lora_a"], tensors[f"{n}.lora_b"] = gguf_tensor(n, A, outtype), gguf_tensor(n, B, outtype)
+    meta = {"general.type": _kv("adapter"), "adapter.type": _kv("lora"), "adapter.lora.alpha": _kv(float(alpha)),
+            **({"general.name": _kv(name)} if name else {})}
+    return _write(path, a, meta, tensors)

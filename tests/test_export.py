@@ -54,13 +54,37 @@ def test_fused_logits_equal_adapted(tiny, tmp_path, kind, quant):
     assert "<|im_start|>assistant" in (ftok.chat_template or "")
 
 
-def test_fuse_quantized_stays_quantized(tiny, tmp_path):
-    run = make_run(tiny, tmp_path / "run", quantize_bits=4, quantize_group_size=32)
+def test_fuse_qlora_keeps_the_finetune(tiny, tmp_path):
+    "A QLoRA run fuses into float weights by default: the fused model computes base + adapter, which re-quantizing would not."
+    run = make_run(tiny, tmp_path / "run", quantize_bits=4, quantize_group_size=32, lora_rank=4, lora_alpha=8.0)
+    adapted, _ = load_model(str(tiny), adapter_path=run)
+    x = mx.array(X)
+    want = adapted(x).astype(mx.float32)
     out = fuse(run, tmp_path / "fused")
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["quantization"]["bits"] == 4
+    assert "quantization" not in cfg and "quantization_config" not in cfg
     fm, _ = load_model(str(out))
-    assert fm.finetune_info.quantization["bits"] == 4
+    assert fm.finetune_info.quantization is None
+    err = mx.abs(fm(x).astype(mx.float32) - want).max().item()
+    assert err < 1e-4, err
+    base, _ = load_model(str(tiny), quantize_bits=4, group_size=32)
+    effect = mx.abs(base(x) - want).max().item()
+    assert effect > 1e-2, effect  # the adapter matters
+    # re-quantizing (asked for, with no check prompts) rounds the fused weights again: farther from base + adapter
+    q = fuse(run, tmp_path / "requantized", dequantize=False, prompts=())
+    qm, _ = load_model(str(q))
+    assert qm.finetune_info.quantization["bits"] == 4
+    assert mx.abs(qm(x).astype(mx.float32) - want).max().item() > 10 * err
+
+
+def test_fuse_refuses_to_requantize_when_answers_change(tiny, tmp_path, monkeypatch):
+    import finetune.export as ex
+    run = make_run(tiny, tmp_path / "run", quantize_bits=4, quantize_group_size=32)
+    answers = iter([["a", "b", "c"], ["a", "x", "c"]])  # before and after re-quantizing
+    monkeypatch.setattr(ex, "greedy_answers", lambda *a, **k: next(answers))
+    with pytest.raises(ExportError, match="changes its greedy answers to 1 of 3 check prompts"):
+        fuse(run, tmp_path / "q", dequantize=False)
+    assert not (tmp_path / "q").exists()
 
 
 def test_fuse_full_finetune(tiny, tmp_path):
@@ -116,32 +140,42 @@ def test_peft_logits_match_mlx(tiny, tmp_path, kind, num_layers):
     assert np.abs(alone - np.array(want)).max() < 1e-4
 
 
-def test_gguf(tiny, tmp_path):
-    run = make_run(tiny, tmp_path / "run")
-    out = fuse(run, tmp_path / "fused", dequantize=True)
-    path = to_gguf(out, tmp_path / "m.gguf")
-    raw = path.read_bytes()
-    assert raw[:4] == b"GGUF" and int.from_bytes(raw[4:8], "little") == 3
-    fm, _ = mlx_lm.load(str(out))
-    weights = dict(tree_flatten(fm.parameters()))
-    assert int.from_bytes(raw[8:16], "little") == len(weights)
-    gguf = pytest.importorskip("gguf")
-    r = gguf.GGUFReader(str(path))
-    names = {t.name for t in r.tensors}
-    assert {"token_embd.weight", "blk.0.attn_q.weight", "blk.1.ffn_down.weight", "output_norm.weight"} <= names
-    t = next(t for t in r.tensors if t.name == "blk.1.ffn_down.weight")
+@pytest.mark.parametrize("outtype,ftype,kind", [("f32", 0, "F32"), ("f16", 1, "F16"), ("q8_0", 7, "Q8_0")])
+def test_gguf(tiny, tmp_path, outtype, ftype, kind):
+    "A run's GGUF: every tensor under llama.cpp's names in the declared type (norms F32), and the tokenizer metadata llama.cpp reads."
+    import gguf
     import numpy as np
-    got = np.array(t.data).reshape(np.array(weights["model.layers.1.mlp.down_proj.weight"]).shape)
-    assert np.allclose(got, np.array(weights["model.layers.1.mlp.down_proj.weight"]), atol=1e-6)
-    assert r.fields["general.architecture"].contents() == "llama"
+    run = make_run(tiny, tmp_path / "run")
+    path = to_gguf(run, tmp_path / "m.gguf", outtype=outtype)
+    r = gguf.GGUFReader(str(path))
+    fm, tok = mlx_lm.load(str(fuse(run, tmp_path / "fused")))
+    weights = dict(tree_flatten(fm.parameters()))
+    tensors = {t.name: t for t in r.tensors}
+    assert len(tensors) == len(weights)
+    assert {"token_embd.weight", "blk.0.attn_q.weight", "blk.1.ffn_down.weight", "output_norm.weight"} <= set(tensors)
+    assert {t.tensor_type.name for n, t in tensors.items() if not n.endswith("norm.weight")} == {kind}
+    assert tensors["output_norm.weight"].tensor_type.name == "F32"
+    f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("GGUF.")}
+    assert (f["general.architecture"], f["general.file_type"], f["tokenizer.ggml.model"], f["tokenizer.ggml.pre"]) == ("llama", ftype, "gpt2", "gpt-2")
+    assert r.fields["tokenizer.ggml.token_type"].types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32]
+    assert len(f["tokenizer.ggml.merges"]) > 100 and f["tokenizer.ggml.tokens"][:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert (f["tokenizer.ggml.eos_token_id"], f["tokenizer.ggml.add_bos_token"], f["tokenizer.chat_template"]) == (2, False, tok.chat_template)
+    if outtype != "q8_0":
+        t = tensors["blk.1.ffn_down.weight"]
+        got = np.array(t.data, dtype=np.float32).reshape(np.array(weights["model.layers.1.mlp.down_proj.weight"]).shape)
+        assert np.allclose(got, np.array(weights["model.layers.1.mlp.down_proj.weight"]), atol=1e-6 if outtype == "f32" else 1e-3)
 
 
 def test_gguf_rejects(tiny, tmp_path):
     d = tmp_path / "phi"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"model_type": "phi3"}))
-    with pytest.raises(ExportError, match="supports the llama, mistral, mixtral architectures; this model is 'phi3'"):
+    with pytest.raises(ExportError, match="this model is 'phi3'"):
         to_gguf(d)
+    with pytest.raises(ExportError, match="Unknown GGUF outtype 'q4_k'"):
+        to_gguf(d, outtype="q4_k")
+    with pytest.raises(ExportError, match="neither a run"):
+        to_gguf(tmp_path / "nothing")
 
 
 def test_card_and_files(tiny, tmp_path):
@@ -172,3 +206,28 @@ def test_upload_offline_and_unreachable(tiny, tmp_path, monkeypatch):
         push_to_hub(run, "me/run", token="hf_fake", endpoint="http://127.0.0.1:9")
     with pytest.raises(ExportError, match="no weights to upload"):
         push_to_hub(tmp_path, "me/run")
+
+
+def test_cli_export_formats(tiny, tmp_path):
+    "`ft model export RUN OUT --to gguf|gguf-lora|ollama` and `ft model fuse` on a QLoRA run, through the CLI."
+    import gguf
+    from typer.testing import CliRunner
+    from finetune.cli import app
+    from finetune.export import read_modelfile
+    run = make_run(tiny, tmp_path / "run")
+    cli = CliRunner()
+    def ft(*args):
+        r = cli.invoke(app, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        return r.output
+    ft("model", "export", run, tmp_path / "m.gguf", "--to", "gguf", "--outtype", "q8_0")
+    assert gguf.GGUFReader(str(tmp_path / "m.gguf")).fields["general.file_type"].contents() == 7
+    ft("model", "export", run, tmp_path / "a.gguf", "--to", "gguf-lora")
+    assert gguf.GGUFReader(str(tmp_path / "a.gguf")).fields["adapter.type"].contents() == "lora"
+    assert "ollama create NAME -f" in ft("model", "export", run, tmp_path / "oll", "--to", "ollama")
+    assert read_modelfile(tmp_path / "oll" / "Modelfile")["FROM"] == "./model.gguf"
+    qrun = make_run(tiny, tmp_path / "qrun", quantize_bits=4, quantize_group_size=32)
+    ft("model", "fuse", qrun, tmp_path / "fused")
+    assert "quantization" not in json.loads((tmp_path / "fused" / "config.json").read_text())
+    r = cli.invoke(app, ["model", "export", str(run), str(tmp_path / "x"), "--to", "onnx"])
+    assert r.exit_code != 0 and "gguf-lora or ollama" in r.output

