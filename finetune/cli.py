@@ -19,7 +19,7 @@ __all__ = ['app', 'runs_app', 'RUN_COLS', 'model_app', 'dataset_app', 'info', 'm
            'train_cmd', 'runs_list', 'runs_show', 'runs_compare', 'runs_add', 'runs_remove', 'evaluate', 'generate_cmd',
            'chat', 'model_list', 'model_info', 'model_download', 'model_add', 'model_scan', 'model_remove',
            'model_quantize', 'model_fuse', 'model_export', 'dataset_inspect', 'dataset_validate', 'dataset_convert',
-           'dataset_split', 'dataset_list', 'dataset_add', 'dataset_remove', 'serve']
+           'dataset_split', 'dataset_list', 'dataset_add', 'dataset_remove', 'serve', 'ui']
 
 # %% ../nbs/12_cli.ipynb #ac19ad18
 app = typer.Typer(name="ft", help="finetune: fine-tune language models with MLX.", no_args_is_help=True, add_completion=False,
@@ -507,3 +507,12 @@ def serve(model:str=typer.Option("tiny", help="A model name, directory or Hub id
     run_server(model=model, adapter=str(_run_dir(adapter)) if adapter else None, host=host, port=port, api_key=api_key,
                max_tokens_cap=max_tokens_cap, rate_limit=rate_limit, log_level=log_level, allow_dirs=allow_dir or (),
                allow_origins=allow_origin or (), allow_hosts=allow_host or (), max_prompt_tokens=max_prompt_tokens)
+
+# %% ../nbs/12_cli.ipynb #7ab8da69
+@app.command()
+@_friendly
+def ui(port:int=typer.Option(8866, help="Port to serve the dashboard on (always on 127.0.0.1)."),
+       browser:bool=typer.Option(False, "--browser/--no-browser", help="Open it in a web browser.")):
+    "Serve the dashboard (runs, models, datasets, a new run from the form) as a web app with Voila on 127.0.0.1."
+    from finetune.ui import serve_ui
+    raise typer.Exit(serve_ui(port=port, open_browser=browser))

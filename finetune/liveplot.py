@@ -106,7 +106,7 @@ def render(self:Panel, x:float, y:float, w:float, h:float) -> str:
                    f"<text x='{lx + 18:.1f}' y='{ly}' fill='#333'>{e(lab)}</text>")
     return "".join(out)
 
-# %% ../nbs/07_widgets_liveplot.ipynb #dbf2e29b
+# %% ../nbs/07_widgets_liveplot.ipynb #5c40b289
 @patch
 def _item(self:Panel, it, fx, fy, py, ph) -> str:
     "One line, set of points, marker or bar series as SVG."
@@ -125,7 +125,7 @@ def _item(self:Panel, it, fx, fy, py, ph) -> str:
             return "".join(f"<polygon class='marker star' points='{star(u, v)}' fill='{o['color']}' stroke='#333' stroke-width='0.6'/>" for u, v in zip(a, b))
         return "".join(f"<circle class='marker' cx='{fx(u):.1f}' cy='{fy(v):.1f}' r='{o['r']}' fill='{o['color']}'/>" for u, v in zip(a, b))
     if kind == "vline":
-        lab = f"<text x='{fx(a) - 3:.1f}' y='{py + 11}' text-anchor='end' fill='{o['color']}'>{html.escape(b)}</text>" if b else ""
+        lab = f"<text x='{fx(a) - 3:.1f}' y='{py + ph - 5}' text-anchor='end' fill='{o['color']}'>{html.escape(b)}</text>" if b else ""
         return (f"<line class='marker vline' x1='{fx(a):.1f}' x2='{fx(a):.1f}' y1='{py}' y2='{py + ph}' stroke='{o['color']}' "
                 f"stroke-dasharray='{o['dash']}'/>{lab}")
     bars = []
