@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib, io, json, re
 from pathlib import Path
 from .errors import ExportError, FinetuneError, ModelError
+from .files import RunDir
 from .models import EMBEDDED_MODELS, load_model, read_adapter_config, resolve_model
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
@@ -91,7 +92,7 @@ PEFT_LEAVES = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight", "m": "lora_
 
 def peft_weights(adapter_path) -> tuple[dict, list]:
     "A run's adapter weights under PEFT's names and layout, and the adapted module names."
-    w = mx.load(str(Path(adapter_path)/"adapters.safetensors"))
+    w = mx.load(str(RunDir(adapter_path).adapters))
     out, mods = {}, set()
     for k, v in w.items():
         mod, leaf = k.rsplit(".", 1)
@@ -133,7 +134,7 @@ def to_peft(adapter_path, output_dir, base:str|None=None, overwrite:bool=False) 
     return out
 
 # %% ../nbs/10_export.ipynb #13efdbc3
-def _is_run(d:Path) -> bool: return (d/"adapter_config.json").exists() and (d/"adapters.safetensors").exists()
+def _is_run(d:Path) -> bool: return RunDir(d).has_adapters()
 
 def to_gguf(path,                    # A run directory (fused first, into float), or a Hugging Face-format model directory
             output=None,             # The .gguf file to write (default: path/model-<outtype>.gguf)
@@ -173,7 +174,7 @@ def lora_pairs(adapter_path) -> tuple[dict, float]:
     if (kind := acfg.get("fine_tune_type", "lora")) != "lora":
         raise ExportError(f"llama.cpp applies LoRA adapters only; this run is a '{kind}' fine-tune.",
                           hint="Export the fused model instead: to_gguf(run) (`ft model export RUN out.gguf --to gguf`).")
-    w = mx.load(str(Path(adapter_path)/"adapters.safetensors"))
+    w = mx.load(str(RunDir(adapter_path).adapters))
     pairs = {}
     for k, v in w.items():
         mod, leaf = k.rsplit(".", 1)
@@ -415,8 +416,8 @@ def to_ollama(path,                 # A run directory (or a model directory)
     d, out = Path(path), Path(output_dir)
     _check_out(out, overwrite)
     template, fmt = "auto", "chat"
-    if (d/"config.yaml").exists():
-        c = load_config(d/"config.yaml")
+    if RunDir(d).config.exists():
+        c = load_config(RunDir(d).config)
         template, fmt = c.template, c.data_format if c.data_format != "auto" else "chat"
     model_dir = resolve_model(_base_of(d, base)) if _is_run(d) else d
     from mlx_lm.utils import load_tokenizer
@@ -470,7 +471,7 @@ def model_card(repo_id:str,              # The Hub repo, `org/name`
 # %% ../nbs/10_export.ipynb #7ba0b978
 UPLOAD_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer*",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "*.model", "*.tiktoken", "vocab.*",
-                   "merges.txt", "adapter_config.json", "config.yaml", "evaluation.json", "README.md", "*.gguf")
+                   "merges.txt", RunDir.ADAPTER_CONFIG, RunDir.CONFIG, RunDir.EVALUATION, "README.md", "*.gguf")
 
 def upload_files(folder) -> list[str]:
     "The files of `folder` an upload sends (relative paths, sorted): weights, configs, tokenizer, card; no checkpoints."

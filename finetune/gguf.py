@@ -10,6 +10,7 @@ import hashlib, json, os, re, shutil, tempfile
 from pathlib import Path
 from .errors import ModelError
 from .tiny import finetune_home
+from .files import atomic_write, write_json
 import mlx.core as mx
 
 # %% auto #0
@@ -150,8 +151,7 @@ def file_digest(path) -> str:
         with open(p, "rb") as f:
             while chunk := f.read(1 << 24): h.update(chunk)
         known[key] = h.hexdigest()
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}"); tmp.write_text(json.dumps(known)); os.replace(tmp, memo)
+        write_json(memo, known, indent=None)
     return known[key]
 
 def gguf_tokenizer(path):
@@ -292,16 +292,12 @@ def gguf_tensor(name:str, v:mx.array, outtype:str="f16") -> tuple:
 def _write(path, arch:str, meta:dict, tensors:dict) -> Path:
     "Write a GGUF file atomically: `meta` of typed values, `tensors` of (data, raw type)."
     from gguf import GGUFWriter
-    p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    w = GGUFWriter(str(tmp), arch)
-    try:
+    def write(tmp):
+        w = GGUFWriter(tmp, arch)
         for k, (v, t, sub) in meta.items(): w.add_key_value(k, v, t, sub_type=sub)
         for k, (a, raw) in tensors.items(): w.add_tensor(k, a, raw_dtype=raw)
         w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-        os.replace(tmp, p)
-    finally: tmp.unlink(missing_ok=True)
-    return p
+    return atomic_write(path, write)
 
 def _arch_of(cfg:dict) -> str:
     a = {v: k for k, v in GGUF_ARCHS.items()}.get(cfg.get("model_type"))

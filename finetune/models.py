@@ -6,11 +6,11 @@ Docs: https://finetune-dev.github.io/finetune/models.html.md"""
 
 # %% ../nbs/03_models.ipynb #87c6be28
 from __future__ import annotations
-import contextlib, difflib, functools, importlib.util, io, json, os, shutil, tempfile, time, warnings
+import contextlib, difflib, functools, importlib.util, io, json, os, shutil, time, warnings
 from pathlib import Path
 from types import SimpleNamespace
 from .errors import ModelError, RegistryError
-from .files import index_file, read_index
+from .files import RunDir, atomic_write, index_file, read_index
 from .device import backend
 from .gguf import gguf_file_type, import_gguf, is_gguf
 from .tiny import demo_model_dir, finetune_home
@@ -414,17 +414,6 @@ def attach_adapters(model, config) -> dict:
 # %% ../nbs/03_models.ipynb #ad38c39f
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
 
-def _atomic_write(path:Path, write):
-    "Call `write(tmp)` on a temp file next to `path`, then rename it to `path`."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 def adapter_weights(model, adapter_config:dict) -> dict:
     "The arrays a run saves: trainable adapter leaves for LoRA/DoRA, every trainable weight for a full fine-tune."
@@ -438,13 +427,13 @@ def save_adapters(model, adapter_config:dict, directory) -> Path:
     d = Path(directory)
     w = adapter_weights(model, adapter_config)
     if not w: raise ModelError("The model has no trainable adapter weights to save.", hint="Call attach_adapters(model, config) first.")
-    _atomic_write(d/"adapters.safetensors", lambda t: mx.save_safetensors(t, w, metadata={"format": "mlx"}))
-    _atomic_write(d/"adapter_config.json", lambda t: Path(t).write_text(json.dumps(adapter_config, indent=4, sort_keys=True)))
+    atomic_write(RunDir(d).adapters, lambda t: mx.save_safetensors(t, w, metadata={"format": "mlx"}))
+    atomic_write(RunDir(d).adapter_config, json.dumps(adapter_config, indent=4, sort_keys=True))
     return d
 
 def read_adapter_config(directory) -> dict:
     "The adapter config saved in `directory`."
-    p = Path(directory)/"adapter_config.json"
+    p = RunDir(directory).adapter_config
     if not p.exists(): raise ModelError(f"No adapter_config.json in '{directory}'.", hint="Pass a run directory written by save_adapters or mlx_lm.lora.", path=str(p))
     return json.loads(p.read_text())
 
@@ -453,7 +442,7 @@ def load_adapters(model, directory):
     "Attach and load the adapters saved in `directory` (ours or mlx_lm.lora's) onto `model`; returns `model`."
     from mlx_lm.tuner.utils import load_adapters as _load
     acfg = read_adapter_config(directory)
-    if not (Path(directory)/"adapters.safetensors").exists():
+    if not RunDir(directory).adapters.exists():
         raise ModelError(f"No adapters.safetensors in '{directory}'.", hint="The run saved no weights yet; pick a checkpoint that has them.")
     model.freeze()
     try: _load(model, str(directory))

@@ -14,7 +14,6 @@ from .tiny import finetune_home
 from .gguf import is_gguf
 from .models import EMBEDDED_MODELS, embedded_model
 from .files import RunDir, index_file, read_index, write_index
-from .data import resolve_dataset
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'COMPARE_KEYS', 'valid_name', 'check_name', 'is_model_path', 'hf_cache_dir', 'hf_cache_models',

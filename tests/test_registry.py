@@ -8,7 +8,8 @@ import finetune  # noqa: F401  (loads the fast BLAS before mlx)
 from finetune.config import TrainConfig
 from finetune.errors import ModelError, RegistryError
 from finetune.models import add_to_hf_cache, load_model, resolve_model
-from finetune.registry import Registry, check_name, resolve_dataset, run_summary
+from finetune.data import resolve_dataset
+from finetune.registry import Registry, check_name, run_summary
 
 BAD_NAMES = ["../x", "/abs", "a/b/c", "a\\b", "..", "x/../y", "", "a b", ".hidden", "~/x", "C:x", "a/"]
 
@@ -228,7 +229,7 @@ def test_fresh_process_resolves_names(home, tiny_model, tmp_path):
     code = textwrap.dedent("""
         import finetune.registry
         from finetune.models import resolve_model
-        from finetune.registry import resolve_dataset
+        from finetune.data import resolve_dataset
         print(resolve_model("named")); print(resolve_dataset("ds"))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(), timeout=120)
