@@ -152,7 +152,7 @@ RELEVANT = {**{n: lambda v: v("fine_tune_type") != "full" for n in _LORA},   # w
 def _tab_of(name:str) -> str: return "essentials" if name in ESSENTIALS else _FIELDS[name].metadata["group"]
 TABS = ("essentials", *GROUPS)
 
-# %% ../nbs/07_widgets.ipynb #6008ed18
+# %% ../nbs/07_widgets.ipynb #339256b0
 def _err_html(e:BaseException) -> str:
     "An error (message and hint) as red HTML."
     msg, hint = (e.message, e.hint) if isinstance(e, FinetuneError) else (explain(e), None)
@@ -177,6 +177,7 @@ class ConfigForm:
                               W.HBox([W.HTML("<small>show as</small>"), self.show_as]), self.code])
         self.widget.add_class("finetune-form")
         self.set_config(as_config(config, **overrides))
+        self.field_errors()   # a data file or model that is not there shows at once, not at Train
         for n, w in self.widgets.items(): w.observe(partial(self._changed, n), "value")
         self.profile.observe(lambda ch: self._profile_changed(ch), "value")
         self.load_button.on_click(lambda _: self.load())
@@ -600,7 +601,7 @@ def run_summary_html(run_dir) -> str:
     parts.append(f"{len(list_checkpoints(r.checkpoints))} checkpoint(s)")
     return " · ".join(parts)
 
-# %% ../nbs/07_widgets.ipynb #cbb76584
+# %% ../nbs/07_widgets.ipynb #372f0f3f
 class TrainPanel:
     "Train, Stop and Resume buttons and a run picker for a `Trainer` on a background thread, with progress, a live chart and sample answers."
     def __init__(self, config=None,     # A ConfigForm (read at each Train), TrainConfig, dict or YAML path
@@ -613,7 +614,7 @@ class TrainPanel:
         self.train_button = W.Button(description="Train", button_style="success", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.resume_button = W.Button(description="Resume", icon="forward", disabled=True, tooltip="Continue the picked run from its newest checkpoint")
-        self.runs = W.Dropdown(description="run", options=[("(none yet)", None)], layout=W.Layout(width="360px"), style={"description_width": "32px"})
+        self.runs = W.Dropdown(description="run", options=[("(none yet)", None)], layout=W.Layout(width="300px"), style={"description_width": "32px"})
         self.log = W.Dropdown(options=[("loss axis: auto", "auto"), ("linear", False), ("log", True)], layout=W.Layout(width="140px"))
         self.smoothing = W.Dropdown(options=[("no smoothing", 0.0), ("smooth", 0.9), ("smoother", 0.98)], value=0.9, layout=W.Layout(width="130px"))
         full = W.Layout(width="100%")
@@ -831,13 +832,13 @@ def ask(self:ChatCompare, prompt:str|None=None) -> dict:
             self.answers[k].value, self.updates[k] = texts[k], self.updates[k] + 1
     return texts
 
-# %% ../nbs/07_widgets.ipynb #faebf7bd
+# %% ../nbs/07_widgets.ipynb #5f75a1a4
 def _run_title(run_dir, base:str) -> str:
     "Which models a comparison of run `run_dir` shows."
-    from finetune.registry import run_summary
-    s = run_summary(run_dir)
+    m = RunDir(run_dir).metrics
+    steps = max((r.get("step", 0) for r in (read_metrics(m) if m.is_file() else [])), default=0)
     return (f"<div class='finetune-chat-title'>Comparing <b>base</b> ({html.escape(str(base))}) with <b>tuned</b>: run "
-            f"<b>{html.escape(Path(run_dir).name)}</b> ({s['steps'] or 0} steps)</div>")
+            f"<b>{html.escape(Path(run_dir).name)}</b> ({steps} steps)</div>")
 
 @patch
 def _load(self:ChatCompare, run_dir):
