@@ -187,7 +187,7 @@ class ConfigForm:
     def __setitem__(self, name, value): write_widget(self.widgets[name], name, value)
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/07_widgets.ipynb #c240c162
+# %% ../nbs/07_widgets.ipynb #ec16e468
 @patch
 def _tabs(self:ConfigForm) -> W.Tab:
     "The essentials tab, then one tab per group: widget, error, help."
@@ -218,6 +218,7 @@ def _refresh(self:ConfigForm):
         if not show: self.errors[n].value = ""
     bad = {_tab_of(n) for n in field_names() if self.errors[n].value}
     self.tabs.titles = [("⚠ " if t in bad else "") + t for t in TABS]
+    if not bad and "need fixing" in self.status.value: self.status.value = ""   # no stale banner once the fields are fixed
 
 # %% ../nbs/07_widgets.ipynb #29b5a50b
 @patch

@@ -219,6 +219,14 @@ def test_ft_ui_in_browser(browser, tmp_path):
         form.wait_for(state="visible", timeout=30_000)
         assert page.locator(".finetune-dashboard button.finetune-train").is_visible()
         assert form.locator(".lm-TabBar-tab", has_text="⚠").count() == 0     # the form starts valid from any folder
+        iters = form.locator(".widget-inline-hbox:has(> label:text-is('iters')) input")
+        iters.fill("6"); iters.press("Tab")
+        page.locator(".finetune-dashboard button.finetune-train").click()   # a new run from the form, in the web app
+        status = page.locator(".finetune-dashboard .finetune-status")
+        _wait(lambda: "done: 6 steps" in status.inner_text(), 120, "the run from the dashboard's form")
+        page.screenshot(path=str(shots/"ui-trained.png"))
+        tabs.nth(0).click()
+        _wait(lambda: runs.locator("select option").count() == 3, 30, "the new run under runs")
         page.screenshot(path=str(shots/"ui-new-run.png"))
         assert _png_size(shots/"ui-new-run.png") == (2560, 2000)
     finally:
