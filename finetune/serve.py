@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio, hmac, ipaddress, json, logging, math, os, queue, threading, time, uuid
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 from fastcore.basics import patch
 from .errors import ConfigError, FinetuneError
-from .callbacks import Callback
-from .jobs import Roots, job_config
+from .jobs import TERMINAL, JobNotFound, JobRunner, JobStateError, JobStore, Roots
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -23,11 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # %% auto #0
-__all__ = ['log', 'MIN_KEY_LENGTH', 'ROLES', 'TERMINAL', 'HOLD_ENV', 'APIError', 'server_error', 'is_loopback', 'check_bind',
-           'allowed_hosts', 'check_origin', 'RateLimiter', 'parse_json', 'sampling_args', 'chat_messages',
-           'completion_prompt', 'MLXThread', 'SharedBase', 'ModelPool', 'complete', 'prompt_length', 'check_prompt',
-           'stream_events', 'chat_response', 'completion_response', 'stream_chunk', 'sse', 'sse_stream', 'Job',
-           'JobEvents', 'HoldAfterStep', 'job_callbacks', 'JobQueue', 'create_app', 'run_server']
+__all__ = ['log', 'MIN_KEY_LENGTH', 'ROLES', 'ENDED', 'APIError', 'server_error', 'is_loopback', 'check_bind', 'allowed_hosts',
+           'check_origin', 'RateLimiter', 'parse_json', 'sampling_args', 'chat_messages', 'completion_prompt',
+           'MLXThread', 'SharedBase', 'ModelPool', 'complete', 'prompt_length', 'check_prompt', 'stream_events',
+           'chat_response', 'completion_response', 'stream_chunk', 'sse', 'sse_stream', 'create_app', 'run_server']
 
 # %% ../nbs/13_serve.ipynb #5adde552
 class APIError(Exception):
@@ -473,104 +471,6 @@ async def sse_stream(pool:ModelPool, id:str, model:str, name, prompt, args:dict,
     except Exception as e: yield sse(server_error(e).body())
     yield sse("[DONE]")
 
-# %% ../nbs/13_serve.ipynb #725ca11b
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-@dataclass
-class Job:
-    "A training job: its config, status and the events of its run."
-    id: str
-    config: dict
-    status: str = "queued"
-    created: int = field(default_factory=lambda: int(time.time()))
-    events: list = field(default_factory=list)
-    run_dir: str|None = None
-    error: str|None = None
-    trainer: object = None
-    cancel_requested: bool = False
-
-    def add(self, event:str, **data):
-        "Record an event (only JSON-ready values)."
-        self.events.append({"event": event, "time": time.time(), **{k: v for k, v in data.items() if isinstance(v, (int, float, str, bool, type(None)))}})
-
-    def info(self) -> dict:
-        "The job as the API shows it: status, run, error, and its training and validation metrics."
-        metrics = [e for e in self.events if e["event"] in ("after_step", "after_eval")]
-        return {"id": self.id, "object": "fine_tune", "status": self.status, "created": self.created, "run_dir": self.run_dir,
-                "run_name": Path(self.run_dir).name if self.run_dir else None, "error": self.error, "config": self.config,
-                "step": max((e.get("step", 0) for e in metrics), default=0), "metrics": metrics}
-
-class JobEvents(Callback):
-    "Records a run's events in its `Job`."
-    order = 50
-    def __init__(self, job:Job): self.job = job
-    def __call__(self, event:str, metrics:dict):
-        if event == "before_fit": self.job.run_dir = metrics.get("run_dir")
-        if event not in ("before_epoch", "before_step", "after_epoch"): self.job.add(event, **metrics)
-
-HOLD_ENV = "FINETUNE_JOB_HOLD"
-
-class HoldAfterStep(Callback):
-    "Test hook: after each step, wait while the file `path` exists, until the run is asked to stop."
-    order = 60  # after JobEvents has recorded the step
-    def __init__(self, path): self.path = Path(path)
-    def after_step(self, m):
-        while self.path.exists() and not self.trainer.stop_requested: time.sleep(0.02)
-
-def job_callbacks(job:Job) -> list:
-    "A job's callbacks: `JobEvents`, and `HoldAfterStep` when FINETUNE_JOB_HOLD names a file."
-    return [JobEvents(job)] + ([HoldAfterStep(os.environ[HOLD_ENV])] if os.environ.get(HOLD_ENV) else [])
-
-# %% ../nbs/13_serve.ipynb #499425fd
-class JobQueue:
-    "Training jobs, run one at a time by a worker thread under `lock`; their configs checked against `roots` and `limits`."
-    def __init__(self, lock, roots:Roots|None=None, limits:dict|None=None):
-        self.lock, self.roots, self.limits, self.jobs, self.todo = lock, roots or Roots(), limits, {}, queue.Queue()
-        threading.Thread(target=self._work, daemon=True).start()
-    def submit(self, config:dict) -> Job:
-        try: cfg = job_config(config, self.roots, self.limits)
-        except FinetuneError as e: raise APIError(400, str(e), param=getattr(e, "field", None) or "config") from None
-        job = Job(f"ftjob-{uuid.uuid4().hex[:12]}", cfg)
-        self.jobs[job.id] = job
-        job.add("status", status="queued")
-        self.todo.put(job)
-        return job
-    def get(self, id:str) -> Job:
-        if id not in self.jobs: raise APIError(404, f"No fine-tune job '{id}'.", param="id", code="job_not_found")
-        return self.jobs[id]
-
-# %% ../nbs/13_serve.ipynb #9d4fe7b8
-def _run(self, job:Job):
-    "Train `job` to the end, recording its status."
-    from finetune.config import load_config
-    from finetune.train import Trainer
-    with self.lock:
-        if job.cancel_requested: return
-        job.status = "running"; job.add("status", status="running")
-        try:
-            t = job.trainer = Trainer(load_config(**job.config), callbacks=job_callbacks(job))
-            if job.cancel_requested: t.stop()
-            t.fit()
-            job.status = "cancelled" if t.stopped else "succeeded"
-        except Exception as e:
-            job.status, job.error = "failed", str(e)
-        finally: job.trainer = None
-    job.add("status", status=job.status, error=job.error)
-
-def _work(self):
-    while True: self._run(self.todo.get())
-
-def _cancel(self, id:str) -> Job:
-    "Cancel job `id`: a queued one never runs; a running one stops at its next step (with a checkpoint)."
-    job = self.get(id)
-    if job.status in TERMINAL: return job
-    job.cancel_requested = True
-    if job.status == "queued": job.status = "cancelled"; job.add("status", status="cancelled")
-    elif (t := job.trainer) is not None: t.stop()
-    return job
-
-JobQueue._run, JobQueue._work, JobQueue.cancel = _run, _work, _cancel
-
 # %% ../nbs/13_serve.ipynb #de0c4c49
 def _key(request) -> str|None:
     "The bearer key of a request, only ever from its Authorization header (a key in a URL ends up in logs)."
@@ -614,12 +514,18 @@ def create_app(model:str="tiny",           # Model to serve (any name `load_mode
                max_prompt_tokens:int|None=None, # Longest prompt in tokens (None: the model's context)
                max_failed_logins:int=10,   # Wrong keys per minute from one address before it is refused for a while
                job_limits:dict|None=None,  # Upper bounds for jobs' numbers (see `finetune.jobs.JOB_LIMITS`)
+               jobs:JobRunner|None=None,   # A job runner (else one on FINETUNE_HOME's job store)
               ) -> FastAPI:
     "The FastAPI app: OpenAI-compatible inference, training jobs, and /health."
-    app = FastAPI(title="finetune", version="1")
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(app.state.jobs.shutdown)  # the running job checkpoints and stops; it can be resumed
+    app = FastAPI(title="finetune", version="1", lifespan=lifespan)
     s = app.state
     s.pool = pool or ModelPool(model, adapter, roots=Roots(allow_dirs))
-    s.jobs, s.limiter, s.failures = JobQueue(s.pool.lock, s.pool.roots, job_limits), RateLimiter(rate_limit), RateLimiter(max_failed_logins)
+    s.jobs = jobs or JobRunner(JobStore(), s.pool.roots, job_limits)
+    s.limiter, s.failures = RateLimiter(rate_limit), RateLimiter(max_failed_logins)
     s.api_key, s.max_tokens_cap, s.max_body, s.max_prompt_tokens = api_key, max_tokens_cap, max_body, max_prompt_tokens
     s.hosts, s.origins = allowed_hosts(host, allow_hosts), tuple(allow_origins)
 
@@ -641,7 +547,7 @@ def _routes(app):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": s.pool.default_id, "jobs": sum(j.status in ("queued", "running") for j in s.jobs.jobs.values()),
+        return {"status": "ok", "model": s.pool.default_id, "jobs": sum(j["status"] in ("queued", "running") for j in s.jobs.store.jobs()),
                 "base_loads": s.pool.base_loads, "runs_loaded": len(s.pool.runs), "generating": s.pool.generating, "tokens_generated": s.pool.tokens}
 
     @app.get("/v1/models")
@@ -671,37 +577,50 @@ def _routes(app):
     _job_routes(app)
 
 # %% ../nbs/13_serve.ipynb #7173d2eb
+def _jobs_call(f, *args):
+    "`f(*args)` of the job runner, its refusals as API errors: no such job 404, a wrong state 409, a bad config 400."
+    try: return f(*args)
+    except JobNotFound as e: raise APIError(404, e.message, param="id", code="job_not_found") from None
+    except JobStateError as e: raise APIError(409, e.message, code="job_state") from None
+    except FinetuneError as e: raise APIError(400, str(e), param=getattr(e, "field", None) or "config") from None
+
+ENDED = (*TERMINAL, "interrupted")
+
 def _job_routes(app):
     s = app.state
 
     @app.post("/v1/fine-tunes")
     async def create_job(request: Request):
         body = await _body(request)
-        return s.jobs.submit(body["config"] if "config" in body else body).info()
+        id = await run_in_threadpool(_jobs_call, s.jobs.submit, body["config"] if "config" in body else body)
+        return await run_in_threadpool(s.jobs.get, id)
 
     @app.get("/v1/fine-tunes")
-    async def list_jobs(): return {"object": "list", "data": [j.info() for j in s.jobs.jobs.values()]}
+    async def list_jobs():
+        return {"object": "list", "data": await run_in_threadpool(lambda: [s.jobs.get(j["id"]) for j in s.jobs.store.jobs()])}
 
     @app.get("/v1/fine-tunes/{id}")
-    async def get_job(id: str): return s.jobs.get(id).info()
+    async def get_job(id: str): return await run_in_threadpool(_jobs_call, s.jobs.get, id)
 
     @app.delete("/v1/fine-tunes/{id}")
-    async def cancel_job(id: str): return s.jobs.cancel(id).info()
+    async def cancel_job(id: str): return await run_in_threadpool(_jobs_call, s.jobs.cancel, id)
+
+    @app.post("/v1/fine-tunes/{id}/resume")
+    async def resume_job(id: str): return await run_in_threadpool(_jobs_call, s.jobs.resume, id)
 
     @app.websocket("/v1/fine-tunes/{id}/events")
     async def job_events(ws: WebSocket, id: str):
         e = _guard(app, ws, "ws")
-        if e is None and id not in s.jobs.jobs: e = APIError(404, f"No fine-tune job '{id}'.")
+        if e is None and s.jobs.store.get(id) is None: e = APIError(404, f"No fine-tune job '{id}'.")
         await ws.accept()
-        if e is not None: await ws.close(code=4000 + e.status, reason=e.message); return  # 4401, 4404, 4429
-        job, sent = s.jobs.jobs[id], 0
+        if e is not None: await ws.close(code=4000 + e.status, reason=e.message); return  # 4401, 4403, 4404, 4429
+        seq = 0
         try:
             while True:
-                done = job.status in TERMINAL and job.events[-1]["event"] == "status" and job.events[-1]["status"] in TERMINAL
-                for ev in job.events[sent:]: await ws.send_json(ev)
-                sent = len(job.events)
-                if done: break
-                await asyncio.sleep(0.05)
+                ended = s.jobs.store.get(id)["status"] in ENDED  # read before the events: an ended job's last event is written before its status
+                for seq, ev in s.jobs.store.events(id, seq): await ws.send_json(ev)
+                if ended: break
+                await asyncio.sleep(0.1)
             await ws.close()
         except WebSocketDisconnect: pass
 

@@ -29,9 +29,9 @@ def _start(home:Path, model:str, **kw):
         time.sleep(0.1)
     p.kill(); raise RuntimeError("server did not start")
 
-def _stop(p):
+def _stop(p, timeout=10):
     p.terminate()
-    try: p.wait(10)
+    try: p.wait(timeout)
     except subprocess.TimeoutExpired: p.kill(); p.wait()
 
 @pytest.fixture(scope="module")
@@ -290,3 +290,56 @@ def _cancel_running_and_queued(server, home):
     jb = httpx.get(f"{server}/v1/fine-tunes/{b['id']}", headers=H).json()
     assert jb["status"] == "cancelled" and jb["run_dir"] is None and jb["step"] == 0
     assert httpx.get(server + "/health").json()["jobs"] == 0
+
+# ---- jobs in their own process, durable
+
+def test_inference_answers_during_a_job(server, home):
+    "Chat latency while a job trains (in its worker process) stays within 2x of idle."
+    def latency(n=5):
+        ts = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            httpx.post(server + "/v1/chat/completions", headers=H, json={"messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 8}).raise_for_status()
+            ts.append(time.perf_counter() - t0)
+        return sorted(ts)[n // 2]
+    idle = latency()
+    j = httpx.post(server + "/v1/fine-tunes", headers=H, json=_job(home, iters=100000, save_every=100000, run_name="busy-run")).json()
+    try:
+        for _ in range(600):
+            if httpx.get(f"{server}/v1/fine-tunes/{j['id']}", headers=H).json()["step"] >= 2: break
+            time.sleep(0.1)
+        busy = latency()
+        assert httpx.get(f"{server}/v1/fine-tunes/{j['id']}", headers=H).json()["status"] == "running"
+    finally: httpx.delete(f"{server}/v1/fine-tunes/{j['id']}", headers=H)
+    assert busy < 2 * idle + 0.05, (idle, busy)
+    assert _wait(server, j["id"])["status"] == "cancelled"
+
+def test_jobs_survive_a_restart(tmp_path):
+    "A job stopped by the server's shutdown keeps its record and checkpoint; the next server lists it and resumes it."
+    import shutil
+    from finetune.tiny import make_tiny_model
+    make_tiny_model(tmp_path/"tiny")
+    rows = [{"messages": [{"role": "user", "content": f"add {i} and {i}"}, {"role": "assistant", "content": str(2 * i)}]} for i in range(8)]
+    (tmp_path/"data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path/"hold").touch()  # the job waits after each step while this file exists
+    p, url = _start(tmp_path, str(tmp_path/"tiny"), rate_limit=0)
+    try:
+        j = httpx.post(url + "/v1/fine-tunes", json=_job(tmp_path, iters=4, save_every=1, run_name="restarted")).json()
+        for _ in range(3000):
+            if httpx.get(f"{url}/v1/fine-tunes/{j['id']}").json()["step"] >= 1: break
+            time.sleep(0.1)
+        else: raise AssertionError("the job did not reach step 1")
+    finally: _stop(p, 120)  # SIGTERM: the server asks the worker to stop; it saves a checkpoint at the step boundary
+    (tmp_path/"hold").unlink()
+    p, url = _start(tmp_path, str(tmp_path/"tiny"), rate_limit=0)
+    try:
+        info = httpx.get(f"{url}/v1/fine-tunes/{j['id']}").json()
+        assert (info["status"], info["step"]) == ("interrupted", 1), info
+        assert [c.name for c in (Path(info["run_dir"])/"checkpoints").iterdir()] == ["step_0000001"]
+        assert j["id"] in [x["id"] for x in httpx.get(url + "/v1/fine-tunes").json()["data"]]
+        assert httpx.post(f"{url}/v1/fine-tunes/{j['id']}/resume").json()["status"] == "queued"
+        done = _wait(url, j["id"])
+        assert done["status"] == "succeeded" and [e["step"] for e in done["metrics"] if e["event"] == "after_step"] == [1, 2, 3, 4]
+        assert httpx.post(f"{url}/v1/fine-tunes/{j['id']}/resume").status_code == 409
+    finally: _stop(p)
+    shutil.rmtree(tmp_path/"runs", ignore_errors=True)
