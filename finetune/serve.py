@@ -279,7 +279,7 @@ class ModelPool:
         self.call(self.prepare, self.default_key)
 
     def submit(self, fn, *args) -> Future:
-        "Queue `fn(*args)` on the MLX thread, holding `lock` (which a training job holds while it runs)."
+        "Queue `fn(*args)` on the MLX thread, holding `lock` (so code that holds it keeps the model to itself)."
         def locked():
             with self.lock: return fn(*args)
         return self.thread.submit(locked)
