@@ -160,10 +160,9 @@ def test_quickstart_in_browser(lab, browser, tmp_path):
         time.sleep(1)
         page.locator("button.finetune-train").scroll_into_view_if_needed()
         page.screenshot(path=str(shots/"quickstart-training.png"))
-        t0 = time.monotonic()
         page.locator("button.finetune-stop").click()
-        _wait(lambda: "stopped at step" in status.inner_text(), 60, "Stop to act while a cell runs")
-        assert time.monotonic() - t0 < 60 and page.evaluate("() => window._slept") is False   # the sleep still runs
+        _wait(lambda: "stopped at step" in status.inner_text(), 110, "Stop to act while a cell runs")
+        assert page.evaluate("() => window._slept") is False   # the 120 s cell is still running
         msg = status.inner_text()
         page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.interrupt()")
         assert ">stopped<" in page.locator(".finetune-liveplot").inner_html()
