@@ -111,6 +111,11 @@ def test_foreign_origin_and_host(server, home):
     assert _refused(httpx.get(server + "/health", headers={"Host": "rebound.evil.example"}), 403)["code"] == "bad_host"
     assert httpx.get(server + "/v1/models", headers={"Origin": server}).status_code == 200  # its own page
     assert _jobs(server) == []
+    import asyncio, websockets, websockets.exceptions
+    async def follow():  # a page on another site opening the job-events socket
+        async with websockets.connect(server.replace("http", "ws") + "/v1/fine-tunes/ftjob-x/events", origin="http://evil.example") as ws: await ws.recv()
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as e: asyncio.run(follow())
+    assert e.value.rcvd.code == 4403
 
 def test_keys(home):
     key = "k" * 24
