@@ -93,3 +93,22 @@ def test_title_cell_split_keeps_the_rest():
     assert make_docs.split_title(nb)
     assert [c.source for c in nb.cells] == ["# finetune\n\n> Fine-tune.", "## Install\n- a: b", "1"]
     assert not make_docs.split_title(nb)  # already only a title and a description
+
+
+def test_render_gives_nbdev_anchors_and_drops_quarto_syntax():
+    "A processed notebook through the real nbconvert: nbdev's heading anchors, `#| echo: false` honoured, Quarto attributes gone."
+    md = "---\n\n[source](https://github.com/x/y/blob/main/f.py#L3){target=\"_blank\" style=\"float:right\"}\n\n### Trainer.fit\n\n*Fit.*"
+    nb = {"cells": [{"cell_type": "raw", "metadata": {}, "source": "---\ntitle: Training\ndescription: 'The `Trainer`.'\n---\n"},
+                    {"cell_type": "markdown", "metadata": {}, "source": "## A section"},
+                    {"cell_type": "code", "metadata": {}, "source": "#| echo: false\n#| output: asis\nshow_doc(Trainer.fit)",
+                     "execution_count": 1, "outputs": [{"output_type": "execute_result", "execution_count": 1, "metadata": {},
+                                                        "data": {"text/markdown": md, "text/plain": "<md>"}}]},
+                    {"cell_type": "code", "metadata": {}, "source": "#| include: false\nsecret = 1", "execution_count": 2, "outputs": []},
+                    {"cell_type": "code", "metadata": {}, "source": "x = 1", "execution_count": 3, "outputs": []}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    r = make_docs.render(nb)
+    assert r["title"] == "Training" and "<code>Trainer</code>" in r["description"]
+    body = r["body"]
+    assert 'id="a-section"' in body and 'id="trainer.fit"' in body  # the anchors `Trainer.fit` doc links point at
+    assert "show_doc" not in body and "secret" not in body and "#|" not in body and "{target=" not in body
+    assert 'href="https://github.com/x/y/blob/main/f.py#L3"' in body and '<span class="n">x</span>' in body
