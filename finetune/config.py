@@ -15,11 +15,14 @@ from .errors import ConfigError
 from .files import atomic_write
 
 # %% auto #0
-__all__ = ['GROUPS', 'opt', 'TrainConfig', 'check_value', 'field_names', 'check_key', 'read_yaml', 'configs_dir', 'list_profiles',
-           'list_presets', 'detect_preset', 'as_config', 'load_config', 'explain_sources']
+__all__ = ['GROUPS', 'METHODS', 'PREFERENCE_METHODS', 'opt', 'TrainConfig', 'check_value', 'field_names', 'check_key',
+           'read_yaml', 'configs_dir', 'list_profiles', 'list_presets', 'detect_preset', 'as_config', 'load_config',
+           'explain_sources']
 
 # %% ../nbs/00_config.ipynb #5fbf2202
 GROUPS = ("model", "data", "adapter", "optimization", "schedule", "output")
+METHODS = ("sft", "dpo", "orpo", "simpo", "kto")  # training objectives (`finetune.objectives`)
+PREFERENCE_METHODS = METHODS[1:]                  # those that train on preference pairs
 
 def opt(default, help:str, group:str, choices=None, min=None, max=None):
     "A dataclass field with help text, form tab and validation bounds in its metadata."
@@ -43,7 +46,7 @@ class TrainConfig:
     data: str = opt("examples/datasets/quickstart", "Training data: a file, a directory with train/valid/test files, or a Hub dataset id.", "data")
     valid_data: str|None = opt(None, "Validation data; empty takes the directory's valid file or splits `valid_fraction` off the training data.", "data")
     test_data: str|None = opt(None, "Test data for the final evaluation.", "data")
-    data_format: str = opt("auto", "Format of the rows; `auto` detects it from the columns.", "data", choices=["auto", "text", "completion", "instruction", "chat", "sharegpt"])
+    data_format: str = opt("auto", "Format of the rows; `auto` detects it from the columns.", "data", choices=["auto", "text", "completion", "instruction", "chat", "sharegpt", "preference"])
     columns: dict = opt({}, "Column mapping from the names this format expects to the dataset's, e.g. {prompt: question}.", "data")
     hf_subset: str|None = opt(None, "Subset (configuration) of a Hub dataset.", "data")
     hf_split: str = opt("train", "Split of a Hub dataset to train on.", "data")
@@ -67,6 +70,12 @@ class TrainConfig:
     batch_size: int = opt(4, "Examples per step (per process).", "optimization", min=1)
     grad_accumulation: int = opt(1, "Micro-batches whose gradients are summed before each update.", "optimization", min=1)
     grad_checkpoint: bool = opt(False, "Recompute activations in the backward pass to save memory.", "optimization")
+    method: str = opt("sft", "Training objective: supervised fine-tuning (sft), or preference tuning on rows with a chosen and a rejected response: dpo, orpo, simpo, kto.", "optimization", choices=list(METHODS))
+    beta: float|None = opt(None, "Preference methods: the reward scale; empty takes the method's usual value (dpo and kto 0.1, simpo 2.0; orpo uses orpo_weight).", "optimization", min=0.0)
+    dpo_loss: str = opt("sigmoid", "DPO's loss on the reward margin: sigmoid (the DPO paper), ipo (squared, on per-token log-probabilities) or hinge.", "optimization", choices=["sigmoid", "ipo", "hinge"])
+    label_smoothing: float = opt(0.0, "DPO (sigmoid) and SimPO: the assumed share of pairs whose labels are flipped (conservative DPO).", "optimization", min=0.0, max=0.49)
+    simpo_gamma: float = opt(0.5, "SimPO: the target reward margin between chosen and rejected.", "optimization", min=0.0)
+    orpo_weight: float = opt(0.1, "ORPO: the weight of the odds-ratio term added to the chosen responses' loss.", "optimization", min=0.0)
     # schedule
     lr_schedule: str = opt("constant", "Learning-rate schedule after warmup.", "schedule", choices=["constant", "linear", "cosine"])
     warmup_steps: int = opt(0, "Linear warmup steps from 0 to the peak learning rate.", "schedule", min=0)
@@ -156,6 +165,19 @@ def _validate(c:TrainConfig, sources:dict):
         err("lora_modules", "must be a list of module names", "For example [self_attn.q_proj, self_attn.v_proj].")
     if not all(isinstance(k, str) and isinstance(v, str) for k,v in c.columns.items()):
         err("columns", "must map names to names", "For example {prompt: question, completion: answer}.")
+    _validate_method(c, sources, err)
+
+def _validate_method(c:TrainConfig, sources:dict, err):
+    "Checks of `method` against its options and the data settings (a profile's data settings yield to a preference method)."
+    if c.beta == 0: err("beta", "is 0", "Give a positive reward scale (dpo and kto usually 0.1, simpo 2.0), or leave it empty for the method's own.")
+    if c.method == "dpo" and c.dpo_loss != "sigmoid" and c.label_smoothing > 0:
+        err("label_smoothing", f"is {c.label_smoothing} but dpo_loss is '{c.dpo_loss}'", "Label smoothing belongs to the sigmoid loss: set it to 0 or use dpo_loss sigmoid.")
+    if c.method not in PREFERENCE_METHODS: return
+    chosen = lambda k: not _derived(sources.get(k, "default"))  # set by the caller, not by a profile or preset
+    if c.data_format not in ("auto", "preference") and chosen("data_format"):
+        err("data_format", f"is '{c.data_format}' but method '{c.method}' trains on preference pairs", "Use data_format auto or preference (rows with chosen and rejected responses), or method sft.")
+    if c.train_on not in ("auto", "completion") and chosen("train_on"):
+        err("train_on", f"is '{c.train_on}' but method '{c.method}' trains on the responses only", "Use train_on auto (the chosen and rejected responses carry the loss), or method sft.")
 
 # %% ../nbs/00_config.ipynb #69554704
 @patch
