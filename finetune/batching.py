@@ -16,7 +16,7 @@ import mlx.nn as nn
 
 # %% auto #0
 __all__ = ['pack_rows', 'plan_batches', 'num_batches', 'Batch', 'make_batch', 'iterate_batches', 'padding_stats', 'PackedMask',
-           'split_head', 'loss_fn', 'batch_loss']
+           'split_head', 'token_losses', 'loss_fn', 'batch_loss']
 
 # %% ../nbs/04a_batching.ipynb #7349076d
 def pack_rows(lengths, capacity:int) -> list[list[int]]:
@@ -72,26 +72,35 @@ class Batch:
     n_tokens: int           # trained target tokens
     n_real: int             # non-padding positions
     n_padded: int           # B * L
-    positions: mx.array|None = None # int32 [n_tokens]: flat indices of the trained targets (the loss needs logits only there)
+    positions: mx.array|None = None  # int32 [n_tokens]: flat indices of the trained targets (the loss needs logits only there)
+    seq_ids: mx.array|None = None    # int32 [n_tokens]: pairs only, the sequence of each trained target (chosen 0..P-1, rejected P..2P-1)
+    seq_tokens: mx.array|None = None # float32 [2P]: pairs only, trained targets per sequence
+    ref_logps: mx.array|None = None  # float32 [2P]: pairs only, the reference model's log-probabilities of the sequences (an objective sets them)
+    items: tuple = ()                # the dataset items in the batch, in order
 
 # %% ../nbs/04a_batching.ipynb #945c4662
 def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=False, pad_id:int|None=None) -> Batch:
-    "Build a `Batch` from rows of example indices, padded to the longest row."
-    pad = ds.pad_id if pad_id is None else pad_id
-    built = []
-    for row in rows:
-        inp, tgt, w, seg = [], [], [], []
-        for s, i in enumerate(row, 1):
-            ex = ds[i]; t, m = ex.tokens[:max_seq_length], ex.mask[:max_seq_length]
-            inp += t[:-1]; tgt += t[1:]; w += m[1:]; seg += [s] * (len(t) - 1)
-        built.append((inp, tgt, w, seg))
+    "Build a `Batch` from rows of item indices, padded to the longest row; for pairs, the chosen rows and then the rejected ones."
+    pad, S = ds.pad_id if pad_id is None else pad_id, ds.sides
+    items, built = tuple(i for row in rows for i in row), []
+    for side in range(S):
+        k = side * len(items)  # the sequence number of the next item
+        for row in rows:
+            inp, tgt, w, seg, sid = [], [], [], [], []
+            for s, i in enumerate(row, 1):
+                ex = ds.sequence(i * S + side); t, m = ex.tokens[:max_seq_length], ex.mask[:max_seq_length]
+                inp += t[:-1]; tgt += t[1:]; w += m[1:]; seg += [s] * (len(t) - 1); sid += [k] * (len(t) - 1); k += 1
+            built.append((inp, tgt, w, seg, sid))
     B, L = len(built), max(max(len(b[0]) for b in built), 1)
     arr = lambda k, fill, dt: np.array([b[k] + [fill] * (L - len(b[k])) for b in built], dt)
     inputs, targets, weights, segs = arr(0, pad, np.int32), arr(1, pad, np.int32), arr(2, 0, np.float32), arr(3, 0, np.int32)
     n_real = int(sum(len(b[0]) for b in built))
     pos = np.flatnonzero(weights.reshape(-1)).astype(np.int32)
+    sids = arr(4, 0, np.int32).reshape(-1)[pos] if S > 1 else None
     return Batch(mx.array(inputs), mx.array(targets), mx.array(weights), mx.array(segs) if pack else None,
-                 int(weights.sum()), n_real, B * L, mx.array(pos) if len(pos) else None)
+                 int(weights.sum()), n_real, B * L, mx.array(pos) if len(pos) else None,
+                 None if sids is None else mx.array(sids), None if sids is None else mx.array(np.bincount(sids, minlength=S * len(items)).astype(np.float32)),
+                 items=items)
 
 # %% ../nbs/04a_batching.ipynb #437e6a5e
 def iterate_batches(ds:TokenizedDataset, batch_size:int, max_seq_length:int, pack:bool=False, shuffle:bool=True, seed:int=0,
@@ -103,12 +112,12 @@ def iterate_batches(ds:TokenizedDataset, batch_size:int, max_seq_length:int, pac
 
 # %% ../nbs/04a_batching.ipynb #e9edd932
 def padding_stats(ds:TokenizedDataset, batch_size:int, max_seq_length:int, pack:bool=False) -> dict:
-    "Real and padded positions over one epoch, and the wasted share."
-    lengths = np.maximum(np.minimum(ds.lengths, max_seq_length) - 1, 0)
+    "Real and padded positions over one epoch (both sides of each pair), and the wasted share."
+    lengths = np.maximum(np.minimum(ds.side_lengths, max_seq_length) - 1, 0)  # [items, sides]
     real = padded = 0
     for gb in plan_batches(ds, batch_size, max_seq_length, pack, shuffle=False):
-        rl = [int(sum(lengths[i] for i in row)) for row in gb]
-        real += sum(rl); padded += len(rl) * max(rl)
+        rl = np.array([lengths[row].sum(0) for row in gb])  # [rows, sides]: every side of a row is a row of the batch
+        real += int(rl.sum()); padded += rl.size * int(rl.max())
     return dict(real=real, padded=padded, waste=1 - real / padded if padded else 0.0)
 
 # %% ../nbs/04a_batching.ipynb #e7345653
@@ -146,20 +155,25 @@ def split_head(model):
         object.__setattr__(model, "_ft_split_head", ok)
     return (body, head) if ok else None
 
-def loss_fn(model, inputs:mx.array, targets:mx.array, weights:mx.array, segments:mx.array|None=None, positions:mx.array|None=None):
-    "Mean cross-entropy over weighted targets and the weight total: (loss, n_tokens); logits only at `positions` if given."
+def token_losses(model, inputs:mx.array, targets:mx.array, segments:mx.array|None=None, positions:mx.array|None=None) -> mx.array:
+    "Cross-entropy of every target, [B, L]; or of the targets at flat `positions` only, [n], computing logits only there when it can."
     cache = None if segments is None else [PackedMask(segments)] * len(model.layers)
     split = split_head(model) if positions is not None else None
     if split is None:
         logits = model(inputs) if cache is None else model(inputs, cache=cache)
-        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * weights
-    else:
-        body, head = split
-        h = body(inputs) if cache is None else body(inputs, cache=cache)
-        h = h.reshape(-1, h.shape[-1])[positions]
-        ce = nn.losses.cross_entropy(head(h).astype(mx.float32), targets.reshape(-1)[positions]) * weights.reshape(-1)[positions]
+        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets)
+        return ce if positions is None else ce.reshape(-1)[positions]
+    body, head = split
+    h = body(inputs) if cache is None else body(inputs, cache=cache)
+    h = h.reshape(-1, h.shape[-1])[positions]
+    return nn.losses.cross_entropy(head(h).astype(mx.float32), targets.reshape(-1)[positions])
+
+def loss_fn(model, inputs:mx.array, targets:mx.array, weights:mx.array, segments:mx.array|None=None, positions:mx.array|None=None):
+    "Mean cross-entropy over weighted targets and the weight total: (loss, n_tokens); logits only at `positions` if given."
+    ce = token_losses(model, inputs, targets, segments, positions)
+    w = weights if positions is None else weights.reshape(-1)[positions]
     n = weights.sum()
-    return ce.sum() / mx.maximum(n, 1), n
+    return (ce * w).sum() / mx.maximum(n, 1), n
 
 def batch_loss(model, batch:Batch):
     "Mean cross-entropy of `batch` under `model`: (loss, n_tokens), both mx scalars."

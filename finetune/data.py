@@ -18,10 +18,10 @@ from .config import TrainConfig
 # %% auto #0
 __all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'ROLES', 'SHAREGPT_ROLES', 'FALLBACKS', 'AUTO_FALLBACK', 'CACHE_VERSION',
            'check_json', 'load_rows', 'resolve_dataset', 'resolve_sources', 'load_source', 'detect_format',
-           'map_columns', 'normalize', 'render_fallback', 'has_chat_template', 'render_model', 'resolve_template',
-           'encode_text', 'eos_token', 'tokenize_example', 'Example', 'TokenizedDataset', 'tokenize_rows',
-           'data_fingerprint', 'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached', 'tokenize_source',
-           'split_valid', 'PreparedData', 'prepare_data']
+           'map_columns', 'normalize', 'normalize_pair', 'render_fallback', 'has_chat_template', 'render_model',
+           'resolve_template', 'encode_text', 'eos_token', 'tokenize_example', 'Example', 'TokenizedDataset', 'Pair',
+           'PreferenceDataset', 'tokenize_rows', 'tokenize_pairs', 'data_fingerprint', 'tokenizer_fingerprint',
+           'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid', 'PreparedData', 'prepare_data']
 
 # %% ../nbs/04_data.ipynb #55285260
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -156,8 +156,8 @@ def load_source(source, subset:str|None=None, split:str="train"):
     return ds
 
 # %% ../nbs/04_data.ipynb #8b55dd3b
-FORMATS = {"chat": ("messages",), "sharegpt": ("conversations",), "instruction": ("instruction", "output"),
-           "completion": ("prompt", "completion"), "text": ("text",)}
+FORMATS = {"preference": ("chosen", "rejected"), "chat": ("messages",), "sharegpt": ("conversations",),
+           "instruction": ("instruction", "output"), "completion": ("prompt", "completion"), "text": ("text",)}
 
 def _expected() -> str: return "; ".join(f"{k}: {', '.join(v)}" for k,v in FORMATS.items())
 
@@ -207,9 +207,12 @@ def _tools(row):
 
 # %% ../nbs/04_data.ipynb #5762c2e4
 def normalize(row:dict, fmt:str, where:str="row") -> dict:
-    "One row in the internal form: {'messages': [...], 'tools': ...} or {'text': ...}."
+    "One row in the internal form: {'messages': [...], 'tools': ...} or {'text': ...}; a preference row gives its chosen conversation."
     s = lambda v: "" if v is None else str(v)
     if fmt == "text": return {"text": s(row.get("text"))}
+    if fmt == "preference":
+        p = normalize_pair(row, where)
+        return {"messages": p["prompt"] + p["chosen"], "tools": p["tools"]}
     if fmt == "completion": msgs = [{"role": "user", "content": s(row["prompt"])}, {"role": "assistant", "content": s(row["completion"])}]
     elif fmt == "instruction":
         user = s(row["instruction"]) + (f"\n\n{s(row['input'])}" if s(row.get("input")).strip() else "")
@@ -231,6 +234,53 @@ def normalize(row:dict, fmt:str, where:str="row") -> dict:
         raise DataError(f"{where}: the conversation has no assistant turn, so there is nothing to train on.",
                         hint="Add an assistant reply, or drop the row.")
     return {"messages": msgs, "tools": _tools(row)}
+
+# %% ../nbs/04_data.ipynb #809b44e1
+def _turn(t, where:str, what:str) -> dict:
+    "One chat turn (chat or ShareGPT keys) checked and normalised."
+    if not isinstance(t, dict): raise DataError(f"{where}: '{what}' holds a {type(t).__name__} where a turn should be.", hint="Write turns as {role: ..., content: ...}.")
+    r = t.get("role") or SHAREGPT_ROLES.get(str(t.get("from")).lower())
+    if r not in ROLES: raise DataError(f"{where}: unknown role {t.get('role', t.get('from'))!r} in '{what}'.", hint=f"Use one of: {', '.join(ROLES)}.")
+    return _msg({**t, "content": t.get("content", t.get("value"))}, r)
+
+def _turns(v, where:str, what:str, role:str="assistant") -> list:
+    "Turns from a string (one turn of `role`), a message, or a list of messages."
+    if v is None: return []
+    if isinstance(v, str): return [{"role": role, "content": v}]
+    if isinstance(v, dict): return [_turn({"role": role, **v}, where, what)]
+    if isinstance(v, list): return [_turn(t, where, what) for t in v]
+    raise DataError(f"{where}: '{what}' must be a string, a message or a list of messages, got {type(v).__name__}.", hint="For example \"chosen\": \"Paris.\"")
+
+def _same(a:list, b:list) -> bool: return [(m["role"], m["content"]) for m in a] == [(m["role"], m["content"]) for m in b]
+
+# %% ../nbs/04_data.ipynb #fda49518
+def _context(row:dict, where:str) -> list:
+    "The conversation before the responses: `prompt` (string or turns), else `messages`, with `system` in front."
+    p, m, s = row.get("prompt"), row.get("messages"), row.get("system")
+    if isinstance(p, str) and p.strip(): ctx = [{"role": "user", "content": p}]
+    elif isinstance(p, list): ctx = _turns(p, where, "prompt")
+    else: ctx = _turns(m, where, "messages") if isinstance(m, list) else []
+    if isinstance(s, str) and s.strip() and not (ctx and ctx[0]["role"] == "system"): ctx = [{"role": "system", "content": s}] + ctx
+    return ctx
+
+def normalize_pair(row:dict, where:str="row") -> dict:
+    "A preference row in the internal form: {'prompt': [turns], 'chosen': [turns], 'rejected': [turns], 'tools': ...}."
+    ctx = _context(row, where)
+    ch, rj = _turns(row.get("chosen"), where, "chosen"), _turns(row.get("rejected"), where, "rejected")
+    if ctx and ctx[-1]["role"] == "assistant" and ch and _same(ctx[-1:], ch[-1:]): ctx = ctx[:-1]  # `messages` that end in the chosen reply
+    k = 0  # leading turns both responses repeat: the conversation so far (each keeps at least one turn)
+    while k < min(len(ch), len(rj)) - 1 and _same(ch[k:k+1], rj[k:k+1]): k += 1
+    if k:
+        shared, ch, rj = ch[:k], ch[k:], rj[k:]
+        if not ctx or (len(ctx) <= k and _same(shared[k-len(ctx):], ctx)): ctx = shared  # the shared turns hold the prompt
+        elif not (k <= len(ctx) and _same(ctx[len(ctx)-k:], shared)): ctx = ctx + shared
+    if not ctx: raise DataError(f"{where}: the pair has no prompt (no 'prompt' or 'messages', and the responses share no turns).",
+                                hint="Give each row a prompt, or map your prompt column with `columns`, e.g. {prompt: question}.")
+    for name, r in (("chosen", ch), ("rejected", rj)):
+        if not r: raise DataError(f"{where}: '{name}' is missing.", hint="Each row needs a chosen and a rejected response.")
+        if r[0]["role"] != "assistant": raise DataError(f"{where}: the {name} response starts with a {r[0]['role']} turn.",
+                                                        hint="A response starts with the assistant's reply; put earlier turns in the prompt.")
+    return {"prompt": ctx, "chosen": ch, "rejected": rj, "tools": _tools(row)}
 
 # %% ../nbs/04_data.ipynb #d55f5bb5
 def _role_text(m): return m["content"] + "".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in m.get("tool_calls") or [])
@@ -293,7 +343,7 @@ def render_model(tokenizer, messages:list, tools=None) -> tuple[str, list]:
     return full, spans
 
 # %% ../nbs/04_data.ipynb #f6c5edc1
-AUTO_FALLBACK = {"chat": "chatml", "sharegpt": "chatml", "instruction": "alpaca", "completion": "plain"}
+AUTO_FALLBACK = {"chat": "chatml", "sharegpt": "chatml", "instruction": "alpaca", "completion": "plain", "preference": "chatml"}
 
 def resolve_template(tokenizer, template:str="auto", fmt:str="chat", quiet:bool=False) -> str:
     "The template to use: 'model', a fallback name, or 'none' for text."
@@ -319,7 +369,8 @@ def eos_token(tokenizer):
     return hf.eos_token or "", hf.eos_token_id
 
 # %% ../nbs/04_data.ipynb #265a5b14
-def tokenize_example(ex:dict, tokenizer, template:str, train_on:str="assistant") -> tuple[list, list]:
+def tokenize_example(ex:dict, tokenizer, template:str, train_on:str="assistant",
+                     context_turns:int=0) -> tuple[list, list]: # Assistant turns at the start that are context, never trained
     "(tokens, mask) of a normalized row under `template` and `train_on`."
     eos, eos_id = eos_token(tokenizer)
     if "text" in ex:
@@ -331,6 +382,7 @@ def tokenize_example(ex:dict, tokenizer, template:str, train_on:str="assistant")
     ids, offs = encode_text(tokenizer, text)
     if train_on == "all": mask = [1] * len(ids)
     else:
+        spans = spans[context_turns:]
         spans = spans[-1:] if train_on == "completion" else spans
         mask = [int(any(a <= o[0] < b for a,b in spans) and o[1] > o[0]) for o in offs]
     if mask: mask[0] = 0
@@ -345,31 +397,58 @@ class Example:
 
 class TokenizedDataset:
     "Tokenized examples stored as flat arrays; `ds[i]` is an `Example`, `ds.lengths` the token counts."
+    sides = 1  # sequences per item (a preference pair has two)
     def __init__(self, tokens, mask, offsets, stats:dict|None=None, pad_id:int=0):
         self._tokens, self._mask = np.asarray(tokens, np.int32), np.asarray(mask, np.uint8)
         self.offsets = np.asarray(offsets, np.int64)
         self.stats, self.pad_id = dict(stats or {}), pad_id
     @classmethod
     def from_lists(cls, examples, stats=None, pad_id=0):
-        "Build from (tokens, mask) pairs."
+        "Build from (tokens, mask) pairs (for pairs: chosen, rejected, chosen, ...)."
         lens = [len(t) for t,_ in examples]
         cat = lambda i: np.concatenate([np.asarray(e[i]) for e in examples]) if examples else np.zeros(0)
         return cls(cat(0), cat(1), np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), stats, pad_id)
-    def __len__(self): return len(self.offsets) - 1
+    def sequence(self, j:int) -> Example:
+        "The `j`-th stored sequence."
+        a, b = self.offsets[j], self.offsets[j+1]
+        return Example(self._tokens[a:b].tolist(), self._mask[a:b].tolist())
+    def sequences(self, i:int) -> list[Example]:
+        "The sequences of item `i`, one per side."
+        return [self.sequence(i * self.sides + s) for s in range(self.sides)]
+    def __len__(self): return (len(self.offsets) - 1) // self.sides
     def __getitem__(self, i):
         if i < 0: i += len(self)
         if not 0 <= i < len(self): raise IndexError(i)
-        a, b = self.offsets[i], self.offsets[i+1]
-        return Example(self._tokens[a:b].tolist(), self._mask[a:b].tolist())
+        return self.sequence(i)
     @property
-    def lengths(self) -> np.ndarray: return np.diff(self.offsets)
+    def side_lengths(self) -> np.ndarray:
+        "Token counts per item and side, [items, sides]."
+        return np.diff(self.offsets).reshape(-1, self.sides)
+    @property
+    def lengths(self) -> np.ndarray: return self.side_lengths.max(1)
     @property
     def n_trained(self) -> int: return int(self._mask.sum())
     def subset(self, idx):
-        "A new dataset with the examples at `idx` (in that order)."
-        return TokenizedDataset.from_lists([(self._tokens[self.offsets[i]:self.offsets[i+1]], self._mask[self.offsets[i]:self.offsets[i+1]]) for i in idx],
-                                           dict(self.stats), self.pad_id)
-    def __repr__(self): return f"TokenizedDataset({len(self)} examples, {int(self.lengths.sum())} tokens)"
+        "A new dataset with the items at `idx` (in that order)."
+        o, s = self.offsets, self.sides
+        return type(self).from_lists([(self._tokens[o[j]:o[j+1]], self._mask[o[j]:o[j+1]]) for i in idx for j in range(i * s, i * s + s)],
+                                     dict(self.stats), self.pad_id)
+    def __repr__(self): return f"{type(self).__name__}({len(self)} items, {int(np.diff(self.offsets).sum())} tokens)"
+
+# %% ../nbs/04_data.ipynb #165a4e32
+@dataclass
+class Pair:
+    "One tokenized preference pair: the prompt with the chosen response, and with the rejected one."
+    chosen: Example
+    rejected: Example
+
+class PreferenceDataset(TokenizedDataset):
+    "Tokenized preference pairs, stored as chosen, rejected, chosen, ...; `ds[i]` is a `Pair`, `ds.lengths` the longer side."
+    sides = 2
+    def __getitem__(self, i):
+        if i < 0: i += len(self)
+        if not 0 <= i < len(self): raise IndexError(i)
+        return Pair(*self.sequences(i))
 
 # %% ../nbs/04_data.ipynb #1e63b9cb
 def tokenize_rows(rows, fmt:str, tokenizer, template:str, train_on:str, max_seq_length:int, where:str="dataset") -> TokenizedDataset:
@@ -393,6 +472,33 @@ def tokenize_rows(rows, fmt:str, tokenizer, template:str, train_on:str, max_seq_
         out.append((ids, mask))
     st["dropped_rows"] = st["dropped_rows"][:50]
     return TokenizedDataset.from_lists(out, st, getattr(_hf(tokenizer), "pad_token_id", None) or 0)
+
+# %% ../nbs/04_data.ipynb #c97a8562
+def _has_reply(turns:list) -> bool: return any(m["content"].strip() or m.get("tool_calls") for m in turns if m["role"] == "assistant")
+
+def tokenize_pairs(rows, tokenizer, template:str, max_seq_length:int, where:str="dataset") -> PreferenceDataset:
+    "Normalize, render and tokenize preference rows (loss on the responses); truncate and drop as needed, recording the counts in `.stats`."
+    out, seen = [], set()
+    st = dict(rows=0, empty=0, identical=0, truncated=0, dropped_truncated=0, duplicates=0, dropped_rows=[], format="preference",
+              template=template, train_on="completion", max_seq_length=max_seq_length)
+    def drop(i, key, why): st[key] += 1; st["dropped_rows"].append((i + 1, why))
+    for i, row in enumerate(rows):
+        st["rows"] += 1
+        p = normalize_pair(row, f"{where} row {i + 1}")
+        if not (_has_reply(p["chosen"]) and _has_reply(p["rejected"])): drop(i, "empty", "empty response"); continue
+        if _same(p["chosen"], p["rejected"]): drop(i, "identical", "chosen and rejected are the same"); continue
+        n = sum(m["role"] == "assistant" for m in p["prompt"])
+        sides = [tokenize_example({"messages": p["prompt"] + p[k], "tools": p["tools"]}, tokenizer, template, "assistant", n) for k in ("chosen", "rejected")]
+        if any(len(ids) > max_seq_length for ids, _ in sides):
+            sides = [(ids[:max_seq_length], m[:max_seq_length]) for ids, m in sides]
+            if any(sum(m) == 0 for _, m in sides) or sides[0] == sides[1]:
+                drop(i, "dropped_truncated", "no preference left after truncation"); continue
+            st["truncated"] += 1
+        key = hashlib.sha1(np.asarray(sides[0][0] + [-1] + sides[1][0], np.int64).tobytes()).hexdigest()
+        st["duplicates"] += key in seen; seen.add(key)
+        out += sides
+    st["dropped_rows"] = st["dropped_rows"][:50]
+    return PreferenceDataset.from_lists(out, st, getattr(_hf(tokenizer), "pad_token_id", None) or 0)
 
 # %% ../nbs/04_data.ipynb #4afd5c80
 CACHE_VERSION = 1
@@ -423,7 +529,7 @@ def save_cached(ds:TokenizedDataset, key:str):
     d = cache_dir()/key; tmpd = d.with_name(d.name + f".tmp{os.getpid()}")
     tmpd.mkdir(parents=True, exist_ok=True)
     np.savez(tmpd/"data.npz", tokens=ds._tokens, mask=ds._mask, offsets=ds.offsets)
-    (tmpd/"meta.json").write_text(json.dumps(dict(stats=ds.stats, pad_id=ds.pad_id, version=CACHE_VERSION)))
+    (tmpd/"meta.json").write_text(json.dumps(dict(stats=ds.stats, pad_id=ds.pad_id, version=CACHE_VERSION, sides=ds.sides)))
     try: os.replace(tmpd, d)
     except OSError: shutil.rmtree(tmpd, ignore_errors=True)
 
@@ -432,24 +538,38 @@ def load_cached(key:str) -> TokenizedDataset|None:
     d = cache_dir()/key
     if not (d/"meta.json").exists(): return None
     z, meta = np.load(d/"data.npz"), json.loads((d/"meta.json").read_text())
-    return TokenizedDataset(z["tokens"], z["mask"], z["offsets"], {**meta["stats"], "cached": True}, meta["pad_id"])
+    cls = PreferenceDataset if meta.get("sides", 1) == 2 else TokenizedDataset
+    return cls(z["tokens"], z["mask"], z["offsets"], {**meta["stats"], "cached": True}, meta["pad_id"])
+
+# %% ../nbs/04_data.ipynb #255f9ef8
+from .config import PREFERENCE_METHODS
 
 # %% ../nbs/04_data.ipynb #3839e71d
+def _pair_columns(columns:list, config:TrainConfig, where:str):
+    "Refuse rows without the chosen and rejected columns a preference method needs."
+    if missing := [c for c in FORMATS["preference"] if c not in columns]:
+        raise DataError(f"{where}: method '{config.method}' trains on preference pairs, but the rows have no {' or '.join(missing)} column (found: {', '.join(columns)}).",
+                        hint="Give each row a prompt (or messages), a chosen and a rejected response, map your names with `columns` "
+                             "(e.g. {chosen: better, rejected: worse}), or use method sft.")
+
 def tokenize_source(source, config:TrainConfig, tokenizer, split:str|None=None, quiet:bool=False) -> TokenizedDataset:
-    "Load, normalize and tokenize `source` under `config`, using the on-disk cache."
+    "Load, normalize and tokenize `source` under `config` (as pairs for a preference method), using the on-disk cache."
     local = isinstance(source, (list, tuple)) or (isinstance(source, (str, Path)) and Path(source).is_file())
     ds = None if local else load_source(source, config.hf_subset, split or config.hf_split)
+    paired = config.method in PREFERENCE_METHODS
     base = (CACHE_VERSION, data_fingerprint(source, ds), tokenizer_fingerprint(tokenizer), config.data_format, config.columns,
-            config.template, config.train_on, config.max_seq_length)
+            config.template, config.train_on, config.max_seq_length) + (("pairs",) if paired else ())
     if (hit := load_cached(_h(*base))) is not None: return hit
     if ds is None: ds = load_source(source, config.hf_subset, split or config.hf_split)
     where = f"'{source}'" if not isinstance(source, (list, tuple)) else "the rows"
     if len(ds) == 0: raise DataError(f"{where} has no rows.", hint="Add examples to the dataset (or point `data` at another file).")
     ds = map_columns(ds, config.columns)
-    fmt = detect_format(ds.column_names, config.data_format, where)
+    if paired: _pair_columns(ds.column_names, config, where)
+    fmt = detect_format(ds.column_names, "preference" if paired else config.data_format, where)
     template = resolve_template(tokenizer, config.template, fmt, quiet)
     train_on = config.train_on if config.train_on != "auto" else {"chat": "assistant", "sharegpt": "assistant", "text": "all"}.get(fmt, "completion")
-    out = tokenize_rows(ds, fmt, tokenizer, template, train_on, config.max_seq_length, where)
+    out = tokenize_pairs(ds, tokenizer, template, config.max_seq_length, where) if paired else \
+          tokenize_rows(ds, fmt, tokenizer, template, train_on, config.max_seq_length, where)
     if len(out) == 0:
         raise DataError(f"{where}: no example is left to train on ({out.stats['empty']} empty, {out.stats['dropped_truncated']} cut away by truncation).",
                         hint="Check the rows' contents, or raise max_seq_length.")
@@ -467,8 +587,9 @@ def split_valid(ds:TokenizedDataset, fraction:float, seed:int=0) -> tuple[Tokeni
     for part in (tr, va):  # per-split counts: rows dropped while tokenizing stay with train
         part.stats["truncated"] = int((part.lengths >= msl).sum()) if msl else 0
         part.stats["rows"] = len(part)
-    va.stats["empty"] = va.stats["dropped_truncated"] = 0
-    tr.stats["rows"] += ds.stats.get("empty", 0) + ds.stats.get("dropped_truncated", 0)
+    dropped = [k for k in ("empty", "dropped_truncated", "identical") if k in ds.stats]
+    for k in dropped: va.stats[k] = 0
+    tr.stats["rows"] += sum(ds.stats[k] for k in dropped)
     return tr, va
 
 # %% ../nbs/04_data.ipynb #d1d75102

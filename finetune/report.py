@@ -19,24 +19,30 @@ __all__ = ['ROWS', 'split_stats', 'DataReport', 'build_report', 'inspect_data']
 
 # %% ../nbs/04b_report.ipynb #028f7a45
 def split_stats(ds:TokenizedDataset) -> dict:
-    "Counts and token-length statistics of one tokenized split."
-    st, L = ds.stats, ds.lengths
+    "Counts and token-length statistics of one tokenized split (for pairs: counted in pairs, lengths over both sides)."
+    st, L = ds.stats, np.diff(ds.offsets)  # every sequence's length: both sides of a pair
     tokens = int(L.sum())
-    dup = len(ds) - len({hashlib.sha1(np.asarray(ds[i].tokens, np.int32).tobytes()).digest() for i in range(len(ds))})
-    return dict(rows=st.get("rows", len(ds)), examples=len(ds), empty=st.get("empty", 0), truncated=st.get("truncated", 0),
-                dropped_truncated=st.get("dropped_truncated", 0), duplicates=dup, tokens=tokens,
-                trained_tokens=ds.n_trained, trained_share=ds.n_trained / tokens if tokens else 0.0,
-                min=int(L.min()) if len(L) else 0, mean=float(L.mean()) if len(L) else 0.0,
-                median=float(np.median(L)) if len(L) else 0.0, p95=float(np.percentile(L, 95)) if len(L) else 0.0,
-                max=int(L.max()) if len(L) else 0)
+    key = lambda i: b"|".join(np.asarray(e.tokens, np.int32).tobytes() for e in ds.sequences(i))
+    dup = len(ds) - len({hashlib.sha1(key(i)).digest() for i in range(len(ds))})
+    out = dict(rows=st.get("rows", len(ds)), examples=len(ds), empty=st.get("empty", 0), truncated=st.get("truncated", 0),
+               dropped_truncated=st.get("dropped_truncated", 0), duplicates=dup, tokens=tokens,
+               trained_tokens=ds.n_trained, trained_share=ds.n_trained / tokens if tokens else 0.0,
+               min=int(L.min()) if len(L) else 0, mean=float(L.mean()) if len(L) else 0.0,
+               median=float(np.median(L)) if len(L) else 0.0, p95=float(np.percentile(L, 95)) if len(L) else 0.0,
+               max=int(L.max()) if len(L) else 0)
+    if ds.sides == 2:
+        sl = ds.side_lengths  # a long chosen side in most pairs lets a method learn "longer wins"
+        out.update(identical=st.get("identical", 0), chosen_longer=float((sl[:, 0] > sl[:, 1]).mean()) if len(sl) else 0.0)
+    return out
 
 # %% ../nbs/04b_report.ipynb #f8a2a613
 ROWS = [("rows", "rows read"), ("examples", "examples kept"), ("empty", "empty (dropped)"), ("truncated", "truncated"),
-        ("dropped_truncated", "cut away by truncation (dropped)"), ("duplicates", "duplicates"), ("tokens", "tokens"),
-        ("trained_tokens", "trained tokens"), ("trained_share", "share trained"), ("min", "length min"),
-        ("mean", "length mean"), ("median", "length median"), ("p95", "length p95"), ("max", "length max")]
+        ("dropped_truncated", "cut away by truncation (dropped)"), ("duplicates", "duplicates"), ("identical", "identical pair (dropped)"),
+        ("tokens", "tokens"), ("trained_tokens", "trained tokens"), ("trained_share", "share trained"), ("min", "length min"),
+        ("mean", "length mean"), ("median", "length median"), ("p95", "length p95"), ("max", "length max"),
+        ("chosen_longer", "chosen longer")]  # rows a split lacks (the pair rows, for single examples) are left out
 
-def _cell(k, x): return f"{x:.1%}" if k == "trained_share" else (f"{x:,.1f}" if isinstance(x, float) else f"{x:,}")
+def _cell(k, x): return f"{x:.1%}" if k in ("trained_share", "chosen_longer") else (f"{x:,.1f}" if isinstance(x, float) else f"{x:,}")
 
 # %% ../nbs/04b_report.ipynb #6faf5600
 @dataclass
@@ -47,7 +53,7 @@ class DataReport:
     train_on: str
     max_seq_length: int
     splits: dict                 # split name -> split_stats
-    lengths: np.ndarray          # training example lengths
+    lengths: np.ndarray          # training sequence lengths (both sides of a pair)
     padding: dict = field(default_factory=dict)  # 'bucketed'/'packed' -> padding_stats
 
     def histogram(self, bins:int=20):
@@ -56,8 +62,9 @@ class DataReport:
 
     def table(self) -> list[list[str]]:
         "Rows of [statistic, value per split], the first row the header."
-        names = list(self.splits)
-        return [["", *names]] + [[label, *[_cell(k, self.splits[n][k]) for n in names]] for k, label in ROWS]
+        names, pairs = list(self.splits), all("identical" in s for s in self.splits.values())
+        rows = [(k, "pairs kept" if pairs and k == "examples" else label) for k, label in ROWS if all(k in self.splits[n] for n in names)]
+        return [["", *names]] + [[label, *[_cell(k, self.splits[n][k]) for n in names]] for k, label in rows]
 
     def header(self) -> str:
         "One line: format, template, what is trained on, the length limit and padding waste."
@@ -122,7 +129,7 @@ def build_report(data:PreparedData, batch_size:int|None=None) -> DataReport:
     if data.test is not None: splits["test"] = split_stats(data.test)
     bs = batch_size or c.batch_size
     padding = {"bucketed": padding_stats(data.train, bs, c.max_seq_length), "packed": padding_stats(data.train, bs, c.max_seq_length, pack=True)}
-    return DataReport(data.format, data.template, data.train_on, c.max_seq_length, splits, data.train.lengths, padding)
+    return DataReport(data.format, data.template, data.train_on, c.max_seq_length, splits, np.diff(data.train.offsets), padding)
 
 @patch(as_prop=True)
 def report(self:PreparedData) -> DataReport:
