@@ -6,7 +6,7 @@ Docs: https://finetune-dev.github.io/finetune/data.html.md"""
 
 # %% ../nbs/04_data.ipynb #5a6e1305
 from __future__ import annotations
-import hashlib, json, os, shutil, sys
+import hashlib, json, os, random, shutil, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -21,7 +21,8 @@ __all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'ROLES', 'SHAREGPT_ROLES', 'FAL
            'map_columns', 'normalize', 'normalize_pair', 'render_fallback', 'has_chat_template', 'render_model',
            'resolve_template', 'encode_text', 'eos_token', 'tokenize_example', 'Example', 'TokenizedDataset', 'Pair',
            'PreferenceDataset', 'tokenize_rows', 'tokenize_pairs', 'data_fingerprint', 'tokenizer_fingerprint',
-           'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid', 'PreparedData', 'prepare_data']
+           'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid', 'PreparedData', 'prepare_data',
+           'check_data_paths', 'load_mapped_rows', 'normalized_rows', 'split_rows']
 
 # %% ../nbs/04_data.ipynb #55285260
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -615,3 +616,43 @@ def prepare_data(config:TrainConfig, tokenizer, quiet:bool=False) -> PreparedDat
     test = tokenize_source(src["test"], config, tokenizer, "test", True) if src["test"] is not None else None
     st = train.stats
     return PreparedData(train, valid, test, st["format"], st["template"], st["train_on"], config)
+
+# %% ../nbs/04_data.ipynb #e535bb11
+def check_data_paths(c:TrainConfig):
+    "Fail early, naming the field, when a data field names a local data file (or registered dataset) that does not exist."
+    for k in ("data", "valid_data", "test_data"):
+        v = getattr(c, k)
+        if isinstance(v, str) and Path(v).suffix.lower() in BUILDERS and not Path(str(resolve_dataset(v))).exists():
+            src = getattr(c, "sources", {}).get(k, "default")
+            raise DataError(f"Data file '{v}' (field '{k}', from {src}) does not exist.",
+                            hint="Check the path; relative paths are read from the current directory.", path=v, field=k)
+
+def load_mapped_rows(data,                      # A data file, folder or registered dataset name
+                     columns:dict|None=None):   # Column mapping, {expected: actual}
+    "The rows of `data` as a `datasets.Dataset`, columns mapped; a DataError when the file does not exist."
+    src = resolve_dataset(data)
+    if not Path(str(src)).exists():
+        raise DataError(f"Data file '{data}' does not exist.", hint="Check the path, or register the file with `ft dataset add NAME PATH`.", path=str(data))
+    return map_columns(load_rows(src), columns)
+
+def normalized_rows(data, data_format:str="auto", columns:dict|None=None) -> tuple[list, str]:
+    "Every row of `data` in the normalised chat (`messages`) or text form, and the detected format; a DataError names the first bad row."
+    ds = load_mapped_rows(data, columns)
+    fmt = detect_format(ds.column_names, data_format, where=f"'{data}'")
+    out = []
+    for i, r in enumerate(ds):
+        n = normalize(r, fmt, where=f"'{data}' row {i+1}")
+        out.append(n if fmt == "text" or n.get("tools") else {"messages": n["messages"]})
+    return out, fmt
+
+# %% ../nbs/04_data.ipynb #9f7e88d6
+def split_rows(rows:list, valid:float=0.1, test:float=0.0, seed:int=0) -> dict:
+    "Shuffle `rows` with `seed` and cut them into train/valid/test by fraction (at least one row where a fraction is > 0)."
+    if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
+        raise DataError(f"Fractions valid={valid} and test={test} must be in [0, 1) and leave rows for training.", hint="For example valid=0.1, test=0.1.")
+    rows = list(rows); random.Random(seed).shuffle(rows)
+    nv, nt = (max(1, round(len(rows)*f)) if f > 0 else 0 for f in (valid, test))
+    if nv + nt >= len(rows): raise DataError(f"{len(rows)} rows are too few to split into train/valid/test.", hint="Add rows or lower the fractions.")
+    out = dict(train=rows[nv+nt:], valid=rows[:nv])
+    if test > 0: out["test"] = rows[nv:nv+nt]
+    return out
