@@ -501,12 +501,14 @@ def serve(model:str=typer.Option("tiny", help="A model name, directory or Hub id
           allow_origin:Optional[list[str]]=typer.Option(None, help="A web origin (https://app.example) whose pages may call the server."),
           allow_host:Optional[list[str]]=typer.Option(None, help="Another host name clients may address the server by."),
           max_prompt_tokens:Optional[int]=typer.Option(None, help="Longest prompt in tokens (default: the model's context)."),
+          quantize:Optional[int]=typer.Option(None, help="Serve the base model quantized to 8 or 4 bits (adapters stay in float)."),
           log_level:str=typer.Option("info", help="uvicorn's log level.")):
     "Serve a model (and adapter) over an OpenAI-compatible HTTP API (anything but loopback needs an API key)."
     from finetune.serve import run_server
     run_server(model=model, adapter=str(_run_dir(adapter)) if adapter else None, host=host, port=port, api_key=api_key,
                max_tokens_cap=max_tokens_cap, rate_limit=rate_limit, log_level=log_level, allow_dirs=allow_dir or (),
-               allow_origins=allow_origin or (), allow_hosts=allow_host or (), max_prompt_tokens=max_prompt_tokens)
+               allow_origins=allow_origin or (), allow_hosts=allow_host or (), max_prompt_tokens=max_prompt_tokens,
+               quantize=quantize)
 
 # %% ../nbs/12_cli.ipynb #7ab8da69
 @app.command()

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from fastcore.basics import patch
 from .errors import ConfigError, FinetuneError
+from .engine import Engine
 from .jobs import TERMINAL, JobNotFound, JobRunner, JobStateError, JobStore, Roots
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -266,14 +267,18 @@ def drop(self:SharedBase, key:str):
 # %% ../nbs/13_serve.ipynb #b10be994
 class ModelPool:
     "The served base model and runs' adapters, swapped per request without reloading the base; MLX work runs on one thread."
+    generating = property(lambda self: self.thread.generating, doc="Requests being answered now")
+    tokens = property(lambda self: self.thread.tokens, doc="Tokens generated so far")
     def __init__(self, model:str="tiny",      # The base model (any name `load_model` takes)
                  adapter:str|None=None,       # A run (name or folder) served by default on it
                  keep:int=8,                  # Most runs' adapters kept loaded (least recently used dropped first)
                  roots:Roots|None=None,       # Where runs a request names may be (default: FINETUNE_HOME/runs and registered runs)
+                 quantize:int|None=None,      # Serve the base quantized to 8 or 4 bits (runs' adapters stay in float on it)
+                 max_batch:int=16,            # Most requests decoded together (see `finetune.engine.Engine`)
                 ):
-        self.base, self.adapter, self.keep, self.lock = str(model), adapter, keep, threading.RLock()
-        self.thread, self.bases, self.runs, self.base_loads = MLXThread(), {}, {}, 0
-        self.roots, self.generating, self.tokens = roots or Roots(), 0, 0
+        self.base, self.adapter, self.keep, self.lock, self.quantize = str(model), adapter, keep, threading.RLock(), quantize
+        self.thread = Engine(select=self.use, lock=self.lock, max_batch=max_batch)  # the MLX thread, generating requests together
+        self.bases, self.runs, self.base_loads, self.roots = {}, {}, 0, roots or Roots()
         self.default_key = self._run_dir(adapter, owner=True) if adapter else None
         self.default_id = Path(self.default_key).name if adapter else self.base  # a run is served under its folder's name
         self.call(self.prepare, self.default_key)
@@ -332,11 +337,11 @@ def _run_settings(path) -> dict:
 
 @patch
 def _base_model(self:ModelPool, q=None) -> SharedBase:
-    "The base model quantized as `q` (`(bits, group_size)`, or None as it is stored), loaded on first use only."
+    "The base model quantized as `q` (`(bits, group_size)`, or None: as served), loaded on first use only."
     if q not in self.bases:
         import mlx.core as mx
         from finetune.models import load_model
-        model, tok = load_model(self.base, quantize_bits=q and q[0], group_size=q and q[1])
+        model, tok = load_model(self.base, quantize_bits=q[0] if q else self.quantize, group_size=q and q[1])
         mx.eval(model.parameters())
         model.eval()
         self.bases[q], self.base_loads = SharedBase(model, tok), self.base_loads + 1
@@ -377,24 +382,15 @@ def use(self:ModelPool, key:str|None) -> tuple:
     return r["base"].use(key), r["base"].tokenizer, r["settings"]
 
 # %% ../nbs/13_serve.ipynb #f38942bd
-def _chunks(pool:ModelPool, key, prompt, args:dict, raw:bool):
-    "The `Chunk`s of one generation with run `key` (None: the base); on the MLX thread. Counts the pool's work."
-    from finetune.generate import stream
-    model, tok, settings = pool.use(key)
-    pool.generating, n = pool.generating + 1, 0
-    try:
-        for c in stream(model, tok, prompt, **{**settings, **({"template": "none"} if raw else {}), **args}):
-            n = c.generation_tokens
-            yield c
-    finally: pool.generating, pool.tokens = pool.generating - 1, pool.tokens + n
+def _generation(pool:ModelPool, key, prompt, args:dict, raw:bool, emit=None):
+    "Queue one generation with run `key` (None: the base) on the pool's engine; `raw` prompts are plain text."
+    return pool.thread.generate(prompt, key, template="none" if raw else None, emit=emit, **args)
 
 def complete(pool:ModelPool, name, prompt, args:dict, raw:bool=False) -> tuple[str, str, int, int]:
     "(text, finish_reason, prompt_tokens, completion_tokens) of one generation; `raw` prompts are plain text."
     key = pool.key(name)
-    try: chunks = pool.call(lambda: list(_chunks(pool, key, prompt, args, raw)))
+    try: return _generation(pool, key, prompt, args, raw).result()
     except FinetuneError as e: raise APIError(400, e.message) from None
-    last = chunks[-1] if chunks else None
-    return "".join(c.text for c in chunks), (last.finish_reason if last else "length") or "length", last.prompt_tokens if last else 0, last.generation_tokens if last else 0
 
 # %% ../nbs/13_serve.ipynb #eab1c5fc
 def prompt_length(pool:ModelPool, key, prompt, raw:bool=False) -> int:
@@ -416,24 +412,18 @@ def check_prompt(pool:ModelPool, key, prompt, raw:bool, limit:int|None) -> int:
     return n
 
 # %% ../nbs/13_serve.ipynb #33e3f324
-_DONE = object()
-
 async def stream_events(pool:ModelPool, name, prompt, args:dict, raw:bool=False):
-    "Async iterator of the `Chunk`s of one generation, made on the pool's MLX thread; closing it stops the generation."
-    key, loop, q, cancel = pool.key(name), asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+    "Async iterator of the `Chunk`s of one generation, made by the pool's engine; closing it takes it out of the batch."
+    key, loop, q = pool.key(name), asyncio.get_running_loop(), asyncio.Queue()
     def put(x):
         try: loop.call_soon_threadsafe(q.put_nowait, x)
         except RuntimeError: pass  # the event loop is gone
-    def work():
-        for c in ([] if cancel.is_set() else _chunks(pool, key, prompt, args, raw)):
-            if cancel.is_set(): break
-            put(c)
-    pool.submit(work).add_done_callback(lambda f: put(f.exception() or _DONE))
+    g = _generation(pool, key, prompt, args, raw, emit=put)
     try:
-        while (x := await q.get()) is not _DONE:
+        while (x := await q.get()) is not None:
             if isinstance(x, BaseException): raise x
             yield x
-    finally: cancel.set()
+    finally: g.cancel()
 
 # %% ../nbs/13_serve.ipynb #b599b6db
 def _usage(p:int, g:int) -> dict: return {"prompt_tokens": p, "completion_tokens": g, "total_tokens": p + g}
@@ -515,6 +505,7 @@ def create_app(model:str="tiny",           # Model to serve (any name `load_mode
                max_failed_logins:int=10,   # Wrong keys per minute from one address before it is refused for a while
                job_limits:dict|None=None,  # Upper bounds for jobs' numbers (see `finetune.jobs.JOB_LIMITS`)
                jobs:JobRunner|None=None,   # A job runner (else one on FINETUNE_HOME's job store)
+               quantize:int|None=None,     # Serve the base model quantized to 8 or 4 bits (adapters stay in float)
               ) -> FastAPI:
     "The FastAPI app: OpenAI-compatible inference, training jobs, and /health."
     @asynccontextmanager
@@ -523,7 +514,7 @@ def create_app(model:str="tiny",           # Model to serve (any name `load_mode
         await run_in_threadpool(app.state.jobs.shutdown)  # the running job checkpoints and stops; it can be resumed
     app = FastAPI(title="finetune", version="1", lifespan=lifespan)
     s = app.state
-    s.pool = pool or ModelPool(model, adapter, roots=Roots(allow_dirs))
+    s.pool = pool or ModelPool(model, adapter, roots=Roots(allow_dirs), quantize=quantize)
     s.jobs = jobs or JobRunner(JobStore(), s.pool.roots, job_limits)
     s.limiter, s.failures = RateLimiter(rate_limit), RateLimiter(max_failed_logins)
     s.api_key, s.max_tokens_cap, s.max_body, s.max_prompt_tokens = api_key, max_tokens_cap, max_body, max_prompt_tokens

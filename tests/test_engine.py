@@ -143,3 +143,19 @@ def test_emit_callback_and_errors(tiny, engine):
     assert eng.generate("hello", max_tokens=2).result()[3] == 2                        # and nothing else
     eng.close()
     with pytest.raises(RuntimeError, match="closed"): eng.generate("hello")
+
+
+def test_server_pool_quantized_base_answers_like_the_quantized_model(tiny_model):
+    "`ft serve --quantize 8`: the pool's base is MLX-quantized (8 bits), and the engine answers as that model does alone."
+    import mlx.nn as nn
+    from finetune.models import load_model
+    from finetune.serve import ModelPool
+    pool = ModelPool(str(tiny_model), quantize=8)
+    try:
+        q = pool.call(lambda: pool.bases[None].model)
+        layers = [m for _, m in q.named_modules() if isinstance(m, nn.QuantizedLinear)]
+        assert layers and all(m.bits == 8 for m in layers)
+        m8, tok = load_model(str(tiny_model), quantize_bits=8)
+        gens = [pool.thread.generate(p, None, max_tokens=12) for p in ("hello", "What is 2 plus 3?")]
+        assert [g.result()[0] for g in gens] == [generate(m8, tok, p, max_tokens=12) for p in ("hello", "What is 2 plus 3?")]
+    finally: pool.thread.close()

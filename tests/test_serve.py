@@ -147,15 +147,15 @@ def test_errors_are_json(server, runs):
     assert httpx.post(server + "/v1/chat/completions", headers=H, json={"model": "lora-a", "messages": MSGS, "max_tokens": 2}).status_code == 200
 
 def test_stream_failure_ends_with_error_and_done(home, monkeypatch):
-    "A generation that fails half-way sends an error event and then [DONE] (in-process, with a generator that breaks)."
+    "A generation that fails half-way sends an error event and then [DONE] (in-process, with an engine step that breaks)."
     from fastapi.testclient import TestClient
-    import finetune.generate
+    import finetune.engine
     from finetune.generate import Chunk
     from finetune.serve import create_app
-    def broken(*a, **kw):
-        yield Chunk("Hi", None, 3, 1, 1.0)
+    def broken(self, key):
+        for g in list(self.groups[key].reqs.values()): g.emit(Chunk("Hi", None, 3, 1, 1.0))
         raise RuntimeError("out of memory in the kernel")
-    monkeypatch.setattr(finetune.generate, "stream", broken)
+    monkeypatch.setattr(finetune.engine.Engine, "_step", broken)
     monkeypatch.setenv("FINETUNE_HOME", str(home))
     cl = TestClient(create_app(str(home/"tiny"), rate_limit=0), base_url="http://127.0.0.1", raise_server_exceptions=False)
     for path, body in (("/v1/chat/completions", {"messages": MSGS}), ("/v1/completions", {"prompt": "a"})):
