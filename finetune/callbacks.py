@@ -165,9 +165,9 @@ def in_notebook() -> bool:
     return sh is not None and type(sh).__name__ == "ZMQInteractiveShell"
 
 def format_metrics(m:dict) -> str:
-    "One line: step, losses, learning rate, speed and memory."
+    "One line: step, losses (and a preference method's validation accuracy), learning rate, speed and memory."
     parts = [f"step {m['step']}" + (f"/{m['total_steps']}" if m.get("total_steps") else "")]
-    for k, lab, fmt in (("train_loss", "loss", ".4f"), ("val_loss", "val", ".4f"), ("learning_rate", "lr", ".2e"),
+    for k, lab, fmt in (("train_loss", "loss", ".4f"), ("val_loss", "val", ".4f"), ("val_accuracy", "val acc", ".0%"), ("learning_rate", "lr", ".2e"),
                         ("tokens_per_sec", "tok/s", ".0f"), ("peak_memory", "peak GB", ".2f")):
         if m.get(k) is not None: parts.append(f"{lab} {m[k]:{fmt}}")
     return "  ".join(parts)

@@ -76,6 +76,7 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "DPO (sigmoid) and SimPO: the assumed share of pairs whose labels are flipped (conservative DPO).", "optimization", min=0.0, max=0.49)
     simpo_gamma: float = opt(0.5, "SimPO: the target reward margin between chosen and rejected.", "optimization", min=0.0)
     orpo_weight: float = opt(0.1, "ORPO: the weight of the odds-ratio term added to the chosen responses' loss.", "optimization", min=0.0)
+    nll_weight: float = opt(0.0, "DPO, KTO and SimPO: the weight of the chosen responses' cross-entropy added to the preference loss (as RPO does); about 1 keeps a small model's answers fluent.", "optimization", min=0.0)
     # schedule
     lr_schedule: str = opt("constant", "Learning-rate schedule after warmup.", "schedule", choices=["constant", "linear", "cosine"])
     warmup_steps: int = opt(0, "Linear warmup steps from 0 to the peak learning rate.", "schedule", min=0)

@@ -173,6 +173,14 @@ def _reset(self:LivePlot, m:dict):
     self.val = [(r["step"], r["val_loss"]) for r in h.get("val", [])]
     self.mem = [(r["step"], r.get("active_memory"), r.get("peak_memory")) for r in h.get("train", []) if "peak_memory" in r]
     self.events, self.times, self.toks, self.t0, self.shown = [], [], [], time.monotonic(), 0.0
+    self.extra = {}  # preference metrics (`*_accuracy`, `*_margin`): name -> [(step, value)]
+    for r in h.get("train", []) + h.get("val", []): self._extra(r)
+
+@patch
+def _extra(self:LivePlot, m:dict):
+    "Record the extra metrics of `m` a preference method reports (any `*_accuracy` or `*_margin`)."
+    for k, v in m.items():
+        if k.endswith(("_accuracy", "_margin")) and isinstance(v, (int, float)): self.extra.setdefault(k, []).append((m["step"], v))
 
 @patch
 def before_fit(self:LivePlot, m):
@@ -186,10 +194,11 @@ def after_step(self:LivePlot, m):
     if m.get("peak_memory") is not None: self.mem.append((m["step"], m.get("active_memory"), m["peak_memory"]))
     self.times = (self.times + [(time.monotonic(), m["step"])])[-21:]
     if m.get("step_time"): self.toks = (self.toks + [(m.get("n_tokens", 0), m["step_time"])])[-20:]
+    self._extra(m)
     if self.due(): self.draw()
     else: self.show_progress()
 @patch
-def after_eval(self:LivePlot, m): self.val.append((m["step"], m["val_loss"]))
+def after_eval(self:LivePlot, m): self.val.append((m["step"], m["val_loss"])); self._extra(m)
 @patch
 def after_cancel(self:LivePlot, m):
     if m.get("scope") != "fit": return
@@ -281,7 +290,19 @@ def chart(self:LivePlot, width:int=900, height:int=260) -> str:
     if self.mem:
         xs = [p[0] for p in self.mem]
         mem.line(xs, [p[1] or 0 for p in self.mem], _COLORS["active"], label="active"); mem.line(xs, [p[2] for p in self.mem], _COLORS["peak"], label="peak")
-    return svg_chart([loss, mem], width, height)
+    return svg_chart([loss, mem] + self._extra_panels(xlim), width, height)
+
+@patch
+def _extra_panels(self:LivePlot, xlim:tuple) -> list:
+    "A panel of the accuracies and one of the margins a preference method reports, when it does."
+    out = []
+    for kind in ("accuracy", "margin"):
+        if not (keys := [k for k in self.extra if k.endswith("_" + kind)]): continue
+        ys = [v for k in keys for _, v in self.extra[k]] + [0.0]
+        p = Panel(xlim, (0, 1.05) if kind == "accuracy" else (min(ys) * 1.1, max(ys) * 1.1 or 1), False, kind, "step", kind, True)
+        for k in keys: p.line(*zip(*self.extra[k]), _COLORS["val" if k.startswith("val_") else "train"], label=k.split("_")[0])
+        out.append(p)
+    return out
 
 # %% ../nbs/07_widgets_liveplot.ipynb #4006aee5
 def _send(sink, value, mode):

@@ -23,14 +23,17 @@ from .data import prepare_data
 from .batching import batch_loss, iterate_batches, num_batches, split_head
 
 # %% auto #0
-__all__ = ['lr_schedule', 'make_optimizer', 'checkpoint_layers', 'global_norm', 'make_step', 'validation_loss', 'Trainer',
-           'train']
+__all__ = ['lr_schedule', 'make_optimizer', 'checkpoint_layers', 'global_norm', 'make_step', 'validation_metrics',
+           'validation_loss', 'Trainer', 'train']
 
 # %% ../nbs/05_train.ipynb #fe753c23
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map, tree_reduce
+
+# %% ../nbs/05_train.ipynb #fef8d2d3
+from .objectives import Objective, SFT, make_objective
 
 # %% ../nbs/05_train.ipynb #afcde4d0
 def lr_schedule(config:TrainConfig, total_steps:int):
@@ -99,54 +102,61 @@ def global_norm(tree) -> mx.array:
 
 # %% ../nbs/05_train.ipynb #b5763286
 def make_step(model, optimizer, loss=batch_loss, max_grad_norm:float|None=None, distributed:bool=False):
-    "Compiled `micro(batch, acc) -> (loss_sum, n, grads)` and `update(loss_sum, n, grads) -> (loss, n, grad_norm)`."
+    "Compiled `micro(batch, acc) -> acc` and `update(*acc) -> (loss, weight, tokens, grad_norm, metrics)` for `loss(model, batch)`."
     state = [model.state, optimizer.state, mx.random.state]
     tmpl = {}
-    def summed(model, arrays):
-        l, n = loss(model, _rebuild(tmpl["batch"], dict(zip(tmpl["names"], arrays))))
-        n = mx.stop_gradient(mx.array(n)).astype(mx.float32)
-        return l * n, n
+    def summed(model, arrays):  # loss x weight, the weight and metric sums (from an `Objective.loss`, or `batch_loss`)
+        l, w, *sums = loss(model, _rebuild(tmpl["batch"], dict(zip(tmpl["names"], arrays))))
+        w = mx.stop_gradient(mx.array(w)).astype(mx.float32)
+        return l * w, w, {k: mx.stop_gradient(v).astype(mx.float32) for k, v in (sums[0] if sums else {}).items()}
     grad_fn = nn.value_and_grad(model, summed)
     split_head(model)  # checked here, outside compilation
 
     @partial(mx.compile, inputs=state, outputs=state)
     def _micro(arrays, acc):
-        (l, n), g = grad_fn(model, arrays)
-        if acc is not None: l, n, g = l + acc[0], n + acc[1], tree_map(mx.add, g, acc[2])
-        return l, n, g
+        (l, w, m), g = grad_fn(model, arrays)
+        n = arrays[tmpl["names"].index("weights")].sum()  # trained tokens (outside grad_fn: an extra output there breaks mx.compile)
+        return (l, w, n, g, m) if acc is None else tree_map(mx.add, (l, w, n, g, m), acc)
 
     def micro(batch, acc=None):
-        "Loss sum, token count and gradient of one micro-batch, added to `acc`."
+        "Loss sum, weight, token count, gradient and metric sums of one micro-batch, added to `acc`."
         f = {k: v for k, v in _fields(batch).items() if isinstance(v, mx.array)}
         tmpl.update(batch=batch, names=list(f))
         return _micro(list(f.values()), acc)
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def update(l, n, g):
-        if distributed: l, n, g = mx.distributed.all_sum(l), mx.distributed.all_sum(n), tree_map(mx.distributed.all_sum, g)
-        g = tree_map(lambda x: x / n, g)
+    def update(l, w, n, g, m):
+        if distributed: l, w, n, g, m = tree_map(mx.distributed.all_sum, (l, w, n, g, m))
+        g = tree_map(lambda x: x / w, g)
         norm = global_norm(g)
         if max_grad_norm: g = tree_map(lambda x: x * mx.minimum(max_grad_norm / (norm + 1e-6), 1.0), g)
         optimizer.update(model, g)
-        return l / n, n, norm
+        return l / w, w, n, norm, {k: v / w for k, v in m.items()}
     return micro, update
 
 # %% ../nbs/05_train.ipynb #4fbe048f
-def validation_loss(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, num_batches:int=-1,
-                    rank:int=0, world_size:int=1) -> float:
-    "Mean loss per trained token over (the first `num_batches` batches of) `ds`; `batch_size` is per process."
+def validation_metrics(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, num_batches:int=-1,
+                       rank:int=0, world_size:int=1, objective:Objective|None=None) -> dict:
+    "`val_loss`, the objective's mean loss over (the first `num_batches` batches of) `ds`, and its metrics as `val_*`; `batch_size` is per process."
+    objective = objective or SFT()
     training = model.training
     model.eval()
-    tot, n = mx.array(0.0), mx.array(0.0)
+    tot, w, sums = mx.array(0.0), mx.array(0.0), {}
     its = iterate_batches(ds, batch_size, max_seq_length, pack=pack, shuffle=False, rank=rank, world_size=world_size)
     for i, b in enumerate(its):
         if 0 <= num_batches <= i: break
-        l, k = batch_loss(model, b)
-        tot, n = tot + l * k, n + k
-        mx.eval(tot, n)
-    if world_size > 1: tot, n = mx.distributed.all_sum(tot), mx.distributed.all_sum(n)
+        l, k, m = objective.loss(model, objective.prepare(model, b, ds))
+        tot, w, sums = tot + l * k, w + k, {key: sums.get(key, 0) + v for key, v in m.items()}
+        mx.eval(tot, w, sums)
+    if world_size > 1: tot, w, sums = tree_map(mx.distributed.all_sum, (tot, w, sums))
     model.train(training)
-    return (tot / mx.maximum(n, 1)).item()
+    w = mx.maximum(w, 1)
+    return {"val_loss": (tot / w).item(), **{f"val_{k}": (v / w).item() for k, v in sums.items()}}
+
+def validation_loss(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, num_batches:int=-1,
+                    rank:int=0, world_size:int=1) -> float:
+    "Mean loss per trained token over (the first `num_batches` batches of) `ds`; `batch_size` is per process."
+    return validation_metrics(model, ds, batch_size, max_seq_length, pack, num_batches, rank, world_size)["val_loss"]
 
 # %% ../nbs/05_train.ipynb #e870aa06
 def _step_seed(seed:int, step:int) -> int:
@@ -164,7 +174,7 @@ def _chunks(it, n:int):
 # %% ../nbs/05_train.ipynb #8d6ddf50
 class Trainer:
     "Fine-tunes a model on a dataset as `config` says, announcing events to callbacks."
-    def __init__(self, config=None, model=None, tokenizer=None, data=None, callbacks=(), run_dir=None):
+    def __init__(self, config=None, model=None, tokenizer=None, data=None, callbacks=(), run_dir=None, objective:Objective|None=None):
         self.config = c = as_config(config)
         self.world = mx.distributed.init()
         self.rank, self.world_size = self.world.rank(), self.world.size()
@@ -173,7 +183,10 @@ class Trainer:
         mx.random.seed(c.seed)
         if model is None: model, tokenizer = load_model(c)
         self.model, self.tokenizer = model, tokenizer
+        fresh = getattr(model, "adapter_config", None) is None  # adapters attached now start at zero: the reference is the base
         self.adapter_config = getattr(model, "adapter_config", None) or attach_adapters(model, c)
+        self.objective = objective or make_objective(c)  # what the loop minimises (SFT, DPO, ...); it never asks which
+        self.objective.setup(model, fresh_adapters=fresh and self.adapter_config.get("fine_tune_type") != "full")
         self.data = prepare_data(c, tokenizer) if data is None else data
         self.train_data = getattr(self.data, "train", self.data)
         self.valid_data = getattr(self.data, "valid", None)
@@ -229,6 +242,7 @@ def _plan(self:Trainer) -> int:
         raise DataError(f"The training data has {len(self.train_data)} examples, too few for one batch of {c.batch_size * self.world_size}.",
                         hint="Lower batch_size or add data.", field="batch_size")
     if self.valid_data is not None and len(self.valid_data) == 0: self.valid_data = None
+    self.objective.check(self.train_data); self.objective.check(self.valid_data, "the validation data")
     return c.epochs * math.ceil(nb / c.grad_accumulation) if c.epochs else c.iters
 
 # %% ../nbs/05_train.ipynb #09ca902d
@@ -249,7 +263,7 @@ def _setup(self:Trainer, resume=None):
     if c.grad_checkpoint: checkpoint_layers(m)
     m.train()
     self._state = [m.state, self.optimizer.state, mx.random.state]
-    self._micro, self._update = make_step(m, self.optimizer, batch_loss, c.max_grad_norm, self.world_size > 1)
+    self._micro, self._update = make_step(m, self.optimizer, self.objective.loss, c.max_grad_norm, self.world_size > 1)
 
 @patch
 def _check_fresh(self:Trainer):
@@ -322,10 +336,10 @@ def _one_step(self:Trainer, group) -> dict:
     mx.random.seed(_step_seed(self.config.seed, self.step))
     acc = None
     for b in group:
-        acc = self._micro(b, acc)
+        acc = self._micro(self.objective.prepare(self.model, b, self.train_data), acc)
         if len(group) > 1: mx.eval(acc)
-    loss, n, norm = self._update(*acc)
-    mx.eval(self._state, loss, n, norm)
+    loss, _, n, norm, extra = self._update(*acc)
+    mx.eval(self._state, loss, n, norm, extra)
     self.step, self.batch = self.step + 1, self.batch + len(group)
     loss, n = loss.item(), int(n.item())
     if not math.isfinite(loss):
@@ -337,7 +351,7 @@ def _one_step(self:Trainer, group) -> dict:
     real, padded = sum(b.n_real for b in group), sum(b.n_padded for b in group)
     return dict(train_loss=loss, learning_rate=self.optimizer.learning_rate.item(), grad_norm=norm.item(), n_tokens=n,
                 tokens_per_sec=n / dt, trained_tokens=self.trained_tokens, step_time=dt, n_real=real, n_padded=padded,
-                active_memory=mem.active / GB, peak_memory=mem.peak / GB)
+                active_memory=mem.active / GB, peak_memory=mem.peak / GB, **{f"train_{k}": v.item() for k, v in extra.items()})
 
 # %% ../nbs/05_train.ipynb #c55e33f2
 @patch
@@ -355,10 +369,11 @@ def validate(self:Trainer) -> float|None:
     "Validation loss now (announced as `after_eval`); None without validation data."
     if self.valid_data is None: return None
     c, tic = self.config, time.perf_counter()
-    v = validation_loss(self.model, self.valid_data, c.batch_size, c.max_seq_length, c.pack, c.eval_batches, self.rank, self.world_size)
+    v = validation_metrics(self.model, self.valid_data, c.batch_size, c.max_seq_length, c.pack, c.eval_batches, self.rank,
+                           self.world_size, self.objective)
     self._last_eval = self.step
-    self("after_eval", val_loss=v, val_time=time.perf_counter() - tic)
-    return v
+    self("after_eval", **v, val_time=time.perf_counter() - tic)
+    return v["val_loss"]
 
 # %% ../nbs/05_train.ipynb #34c29ec0
 @patch
@@ -409,8 +424,9 @@ def show_events(self:Trainer):
     print(self.event_table())
 
 # %% ../nbs/05_train.ipynb #a3be11c6
-def train(config=None, *, model=None, tokenizer=None, data=None, callbacks=(), run_dir=None, resume=None, **overrides) -> Trainer:
+def train(config=None, *, model=None, tokenizer=None, data=None, callbacks=(), run_dir=None, resume=None, objective=None, **overrides) -> Trainer:
     "Build a `Trainer` from `config` (+ overrides), fit it (or resume), and return it."
-    t = Trainer(as_config(config, **overrides), model=model, tokenizer=tokenizer, data=data, callbacks=callbacks, run_dir=run_dir)
+    t = Trainer(as_config(config, **overrides), model=model, tokenizer=tokenizer, data=data, callbacks=callbacks, run_dir=run_dir,
+                objective=objective)
     t.fit(resume=resume)
     return t
