@@ -158,8 +158,7 @@ def _run_finetune(cfg:dict, out:dict, t0:float, plot:bool=False):
             tic = time.perf_counter(); super().__call__(event, metrics); self.spent += time.perf_counter() - tic
     cbs = [Report()]
     if plot:
-        from finetune.liveplot import _figure
-        _figure(1)  # matplotlib loaded before the run, as in a notebook with inline plots
+        import matplotlib.pyplot  # noqa: F401  (matplotlib loaded before the run, as in a notebook with inline plots)
         cbs.append(lp := TimedPlot(mode="png", target=lambda png: None))
     tr = Trainer(cfg, callbacks=cbs)
     tr.fit()
