@@ -333,7 +333,7 @@ def download_model(repo:str,               # A Hub model id, `org/name`
     "Download `repo` from the Hugging Face Hub into the HF cache (or find it there offline); the snapshot's path."
     from huggingface_hub import snapshot_download
     from finetune.models import _hub_offline
-    try: path = snapshot_download(repo, revision=revision)
+    try: path = snapshot_download(repo, revision=revision, cache_dir=hf_cache_dir())  # HF_HUB_CACHE read now, as everywhere here
     except Exception as e:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         if _hub_offline(): msg = f"it is not in the Hugging Face cache and HF_HUB_OFFLINE is set ({type(e).__name__})."
