@@ -159,7 +159,7 @@ def _run_finetune(cfg:dict, out:dict, t0:float, plot:bool=False):
     cbs = [Report()]
     if plot:
         import matplotlib.pyplot  # noqa: F401  (matplotlib loaded before the run, as in a notebook with inline plots)
-        cbs.append(lp := TimedPlot(mode="png", target=lambda png: None))
+        cbs.append(lp := TimedPlot(mode="svg", target=lambda svg: None))
     tr = Trainer(cfg, callbacks=cbs)
     tr.fit()
     out["run_dir"] = str(tr.run_dir)
