@@ -13,6 +13,7 @@ from fastcore.basics import patch
 import mlx.core as mx
 from .errors import DataError
 from .generate import Chunk, prompt_tokens
+from mlx_lm.models.cache import LRUPromptCache
 
 # %% auto #0
 __all__ = ['log', 'StopText', 'request_sampler', 'Generation', 'Engine']
@@ -69,7 +70,7 @@ class Generation:
         self.queue = queue.SimpleQueue() if emit is None else None
         self.emit = emit or self.queue.put  # called on the engine's thread: a Chunk, an exception, then None at the end
         self.cancelled = self.done = False
-        self.uid, self.ids, self.sent, self.n, self.prefilled, self.t0 = None, [], 0, 0, 0, None
+        self.uid, self.ids, self.sent, self.n, self.prefilled, self.t0, self.kv = None, [], 0, 0, 0, None, None
 
     def __iter__(self):
         if self.queue is None: raise RuntimeError("This generation sends its chunks to its `emit` function.")
@@ -110,12 +111,15 @@ class Engine:
                  max_batch:int=16,       # Most requests decoded together per adapter group; more wait for a free slot
                  prefill_chunk:int=256,  # Prompt tokens per request and step: the most a new prompt holds up running streams
                  prefill_batch:int=8,    # Prompts processed together
+                 prompt_cache:int=16,    # Finished requests whose KV cache is kept for prompts that start the same (0: none)
                  lock=None,              # A lock held around every step and call (a server shares it with training)
                  name:str="finetune-engine"):
         if select is None and model is None: raise ValueError("Give the model (and tokenizer) to serve, or `select`.")
+        if model is not None: mx.eval(model.parameters())  # arrays made lazily on this thread are evaluated here, not on the engine's
         self.select = select or (lambda key: (model, tokenizer))
         self.max_batch, self.prefill_chunk, self.prefill_batch = max_batch, prefill_chunk, min(prefill_batch, max_batch)
         self.lock, self.todo, self.groups = lock or threading.RLock(), queue.SimpleQueue(), {}
+        self.prompts = LRUPromptCache(max_size=prompt_cache) if prompt_cache else None
         self.steps, self.tokens, self.trace, self.stopped, self.closing = 0, 0, None, False, False
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
@@ -231,7 +235,8 @@ def _admit(self:Engine, g:Generation):
                                  prefill_step_size=self.prefill_chunk, stream=self.stream)
             self.groups[g.key] = _Group(gen, tok)
         gr = self.groups[g.key]
-        g.uid = gr.gen.insert([g.ids], [g.max_tokens], samplers=[g.sampler])[0]
+        cache, rest = self._cached(g.key, g.ids)
+        g.uid = gr.gen.insert([rest], [g.max_tokens], caches=[cache], all_tokens=[g.ids[:len(g.ids) - len(rest)]], samplers=[g.sampler])[0]
     g.detok, g.t0 = gr.tokenizer.detokenizer, time.perf_counter()
     gr.reqs[g.uid] = g
 
@@ -248,7 +253,7 @@ def _step(self:Engine, key):
     for r in tokens:
         if (g := gr.reqs.get(r.uid)) is None: continue
         if r.finish_reason != "stop": g.detok.add_token(r.token); g.n += 1  # an end-of-turn token is not text
-        if r.finish_reason: g.detok.finalize()
+        if r.finish_reason: g.detok.finalize(); g.kv = (r.all_tokens, r.prompt_cache)
         self._send(g, g.detok.last_segment, r.finish_reason)
 
 @patch
@@ -280,7 +285,9 @@ def _end(self:Engine, g:Generation, error:BaseException|None=None):
     g.done = True
     gr = self.groups.get(g.key)
     if gr is not None and gr.reqs.pop(g.uid, None) is not None:
-        with self.lock: gr.gen.remove([g.uid])  # a no-op for one that mlx-lm already finished
+        with self.lock: kv = gr.gen.remove([g.uid], return_prompt_caches=error is None and not g.cancelled)  # {} when mlx-lm finished it
+        if uid_kv := kv.get(g.uid): g.kv = uid_kv[::-1]
+        self._keep(g)
         self.tokens += g.n
         if not gr.reqs: self._drop(g.key)
     if error is not None: g.emit(error)
@@ -298,3 +305,24 @@ def _fail(self:Engine, key, e:BaseException):
     gr = self.groups.get(key)
     for g in list(gr.reqs.values()) if gr else []: self._end(g, e)
     if key in self.groups: self._drop(key)
+
+# %% ../nbs/12a_engine.ipynb #7ce33a13
+@patch
+def _cached(self:Engine, key, ids:list) -> tuple:
+    "The cached KV of the longest known prefix of `ids` (or None), and the tokens still to process (at least one)."
+    if self.prompts is None: return None, ids
+    from mlx_lm.models.cache import trim_prompt_cache
+    cache, rest = self.prompts.fetch_nearest_cache(key, ids)
+    if cache is not None and not rest:  # the whole prompt is cached: recompute its last token to get the next one
+        trim_prompt_cache(cache, 1)
+        rest = ids[-1:]
+    return cache, rest
+
+@patch
+def _keep(self:Engine, g:Generation):
+    "Keep `g`'s KV cache (its prompt and answer) for later prompts that start the same."
+    tokens, cache = g.kv or (None, None)
+    if self.prompts is None or not cache or not tokens: return
+    mx.eval([(c.keys, c.values) for c in cache])  # a copy of its rows now, not a view holding the whole batch
+    self.prompts.insert_cache(g.key, list(tokens), cache, cache_type="assistant")
+    g.kv = None

@@ -159,3 +159,19 @@ def test_server_pool_quantized_base_answers_like_the_quantized_model(tiny_model)
         gens = [pool.thread.generate(p, None, max_tokens=12) for p in ("hello", "What is 2 plus 3?")]
         assert [g.result()[0] for g in gens] == [generate(m8, tok, p, max_tokens=12) for p in ("hello", "What is 2 plus 3?")]
     finally: pool.thread.close()
+
+
+def test_prompt_cache_reuses_a_shared_start(tiny, engine):
+    eng = engine()
+    eng.trace = []
+    system = {"role": "system", "content": "You answer briefly and politely. " * 12}
+    ask = lambda q: eng.generate([system, {"role": "user", "content": q}], max_tokens=8)
+    a = ask("hello"); ra = a.result()[0]
+    b = ask("What is 2 plus 3?"); rb = b.result()[0]
+    again = ask("hello"); rc = again.result()[0]
+    processed = lambda g: sum(s["prefill"].get(g.id, 0) for s in eng.trace)
+    assert processed(a) >= len(a.ids) - 2
+    assert 0 < processed(b) < len(b.ids) // 3        # only what follows the shared system message
+    assert processed(again) <= 1                      # all of it was cached
+    assert ra == rc == alone(tiny, [system, {"role": "user", "content": "hello"}], max_tokens=8)
+    assert rb == alone(tiny, [system, {"role": "user", "content": "What is 2 plus 3?"}], max_tokens=8)
