@@ -99,8 +99,15 @@ def quickstart(iters:Optional[int]=typer.Option(None, help="Training steps (defa
 def bench(quick:bool=typer.Option(False, "--quick", help="Small model and few steps (about a minute)."),
           out:Path=typer.Option(Path("bench-results"), help="Folder for results.json, results.md, results.png and the runs."),
           reps:Optional[int]=typer.Option(None, help="Alternating repetitions per system."),
-          iters:Optional[int]=typer.Option(None, help="Training steps per run.")):
-    "Benchmark finetune against mlx_lm.lora (same model, data, settings); write JSON, markdown and PNG."
+          iters:Optional[int]=typer.Option(None, help="Training steps per run."),
+          serve:bool=typer.Option(False, "--serve", help="Benchmark serving instead: ft serve against mlx_lm.server and llama.cpp (OUT/serve)."),
+          adapter:Optional[str]=typer.Option(None, help="With --serve: a run whose adapters the quantized-answers check also uses.")):
+    "Benchmark finetune against mlx_lm.lora (same model, data, settings); write JSON, markdown and PNG. `--serve`: serving speed."
+    if serve:
+        from finetune.servebench import main as serve_main
+        serve_main((["--quick"] if quick else []) + ["--out", str(out/"serve")] + (["--reps", str(reps)] if reps else [])
+                   + (["--adapter", str(_run_dir(adapter))] if adapter else []))
+        return
     from finetune.bench import main as bench_main
     bench_main((["--quick"] if quick else []) + ["--out", str(out)] + (["--reps", str(reps)] if reps else []) + (["--iters", str(iters)] if iters else []))
 
