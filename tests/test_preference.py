@@ -97,10 +97,12 @@ def test_dpo_after_sft_compares_with_the_sft_model(env):
 
 @pytest.mark.parametrize("kw", [dict(fine_tune_type="dora"), dict(fine_tune_type="full", learning_rate=1e-3),
                                 dict(quantize_bits=4, quantize_group_size=32), dict(pack=True), dict(batch_size=2, grad_accumulation=2),
+                                dict(grad_checkpoint=True),
                                 dict(dpo_loss="ipo"),
-                                dict(method="orpo"), dict(method="simpo"), dict(method="kto")], ids=lambda kw: "-".join(map(str, kw.values())))
+                                dict(method="orpo"), dict(method="simpo"), dict(method="kto")], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_methods_and_adapters_learn(env, kw):
-    t = Trainer(cfg(env, run_name="m-" + "-".join(map(str, kw.values())), iters=6, eval_every=100, save_every=100, **kw), callbacks=QUIET())
+    name = "m-" + "-".join(f"{k}={v}" for k, v in kw.items())
+    t = Trainer(cfg(env, run_name=name, iters=6, eval_every=100, save_every=100, **kw), callbacks=QUIET())
     h = t.fit()
     ls = losses(h)
     assert ls[-1] < 0.7 * ls[0], ls  # 0.01-0.4 of the first measured
@@ -190,3 +192,25 @@ def test_live_plot_draws_accuracy_and_margin(reference):
     assert "accuracy</text>" in lp.svg and "margin</text>" in lp.svg
     sft = history_chart([{"event": "train", "step": s, "train_loss": 1 / s} for s in range(1, 4)])
     assert not sft.extra and "accuracy</text>" not in sft.svg
+
+
+def test_ft_train_and_the_jobs_api_take_the_method(env, tmp_path):
+    "`ft train --set method=dpo` trains DPO and prints the held-out accuracy; a server job's config passes the method and its options."
+    from typer.testing import CliRunner
+    from finetune.cli import app
+    from finetune.config import load_config
+    from finetune.errors import ConfigError
+    from finetune.jobs import Roots, job_config
+    sets = [f"model={env['model']}", f"data={env['data']}", "method=dpo", "beta=0.2", "iters=2", "eval_every=2", "max_seq_length=64",
+            f"output_dir={tmp_path/'runs'}", "run_name=cli-dpo"]
+    r = CliRunner().invoke(app, ["train", *sum((["--set", s] for s in sets), [])])
+    assert r.exit_code == 0, r.output
+    assert "val acc" in r.output
+    c = TrainConfig.from_yaml(tmp_path/"runs"/"cli-dpo"/"config.yaml")
+    assert (c.method, c.beta) == ("dpo", 0.2)
+    roots = Roots(allow_dirs=[env["root"]], home=tmp_path/"home")
+    d = job_config({"model": "tiny", "data": str(env["data"]), "method": "kto", "beta": 0.3}, roots)
+    assert (load_config(**d).method, load_config(**d).beta) == ("kto", 0.3)
+    with pytest.raises(ConfigError, match="must be one of"): job_config({"method": "ppo"}, roots)
+    with pytest.raises(ConfigError, match="Label smoothing belongs to the sigmoid loss"):
+        job_config({"method": "dpo", "dpo_loss": "ipo", "label_smoothing": 0.1}, roots)
