@@ -9,16 +9,27 @@ from finetune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A run that exercises every layer: a profile, a model whose family preset applies, values typed as strings, a list field.
-RUN = {"profile": "chat", "model": "Qwen/Qwen2.5-0.5B-Instruct", "lora_rank": 4, "learning_rate": 5e-5, "iters": 12,
-       "output_dir": "runs", "lora_modules": ["self_attn.q_proj", "self_attn.v_proj"]}
+# A run that exercises every layer: a profile, a model whose family preset applies (its folder is named Qwen-...), a list field.
+RUN = {"profile": "chat", "lora_rank": 4, "learning_rate": 5e-5, "iters": 12, "output_dir": "runs", "lora_dropout": "0.05"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def qwen_named_model(tmp_path_factory):
+    "A real (tiny) model in a folder whose name makes the qwen preset apply, so the form's model check finds it offline."
+    from finetune.tiny import make_tiny_model
+    d = tmp_path_factory.mktemp("allowed")
+    make_tiny_model(d/"Qwen-tiny")
+    RUN["model"] = str((d/"Qwen-tiny").resolve())
+    yield d
+    RUN.pop("model")
 
 
 @pytest.fixture(scope="module")
 def want():
     c = as_config(**RUN)
     assert (c.lr_schedule, c.sources["lr_schedule"]) == ("cosine", "profile chat")  # the profile applied
-    assert c.sources["lora_dropout"] in ("preset qwen", "configs/default.yaml", "default", "profile chat")
+    assert (c.sources["lora_modules"], len(c.lora_modules)) == ("preset qwen", 7)  # the qwen preset applied
+    assert c.lora_dropout == 0.05  # a value typed as a string
     return c
 
 
@@ -29,8 +40,8 @@ def test_kwargs_dict_trainconfig(want):
     assert TrainConfig.from_dict(dict(RUN)) == want
     assert load_config(**{k: v for k, v in RUN.items() if k != "profile"}, profile="chat") == want
     # the Trainer takes the same gate: a dict naming a profile trains with the profile's settings
-    t = Trainer({**RUN, "model": "tiny", "lora_modules": None, "data": str(ROOT / "examples/datasets/quickstart")})
-    assert t.config == as_config({**RUN, "model": "tiny", "lora_modules": None, "data": str(ROOT / "examples/datasets/quickstart")})
+    t = Trainer({**RUN, "model": "tiny", "data": str(ROOT / "examples/datasets/quickstart")})
+    assert t.config == as_config({**RUN, "model": "tiny", "data": str(ROOT / "examples/datasets/quickstart")})
     assert (t.config.lr_schedule, t.config.data_format) == ("cosine", "chat")
 
 
@@ -57,18 +68,20 @@ def test_form(want):
     from finetune.widgets import ConfigForm
     f = ConfigForm(RUN)
     assert f.config == want
-    g = ConfigForm()  # typed in by hand: the profile chosen in the dropdown fills its fields, the rest typed
+    g = ConfigForm()  # by hand: the model typed, the profile picked (it fills its fields and the model's preset), the rest typed
+    g["model"] = RUN["model"]
     g.profile.value = "chat"
     for k, v in RUN.items():
-        if k != "profile": g[k] = v
+        if k not in ("profile", "model"): g[k] = v
     assert g.config == want
 
 
-def test_server_job(want, monkeypatch, tmp_path):
-    monkeypatch.setenv("FINETUNE_HOME", str(tmp_path))
-    from finetune import serve
-    d = serve.job_config(dict(RUN))
-    assert load_config(**d) == want
+def test_server_job(want, qwen_named_model, tmp_path):
+    from finetune.jobs import Roots, job_config
+    d = job_config({k: v for k, v in RUN.items() if k != "output_dir"}, Roots(allow_dirs=[qwen_named_model], home=tmp_path/"home"))
+    got = load_config(**d)
+    assert got.output_dir != want.output_dir  # a job's run goes under the server's runs folder
+    assert as_config(got, output_dir=want.output_dir, run_name=want.run_name) == want
 
 
 def test_every_way_rejects_the_same_bad_value(tmp_path):
