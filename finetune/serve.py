@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from fastcore.basics import patch
 from .errors import ConfigError, FinetuneError
 from .engine import Engine
+from .files import RunDir
 from .jobs import TERMINAL, JobNotFound, JobRunner, JobStateError, JobStore, Roots
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
@@ -306,7 +307,7 @@ def _run_dir(self:ModelPool, name:str, owner:bool=False) -> str:
     if path is None and not owner and (p := r.inside(name)) is not None and is_run_dir(p): path = p
     if path is None:  # the same answer whether or not such a path exists
         raise APIError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
-    if not (path/"adapters.safetensors").is_file():
+    if not RunDir(path).adapters.is_file():
         raise APIError(404, f"The run '{name}' has no adapters yet.", param="model", code="model_not_found")
     return str(path.resolve())
 
@@ -330,7 +331,7 @@ def ids(self:ModelPool) -> list[str]:
 def _run_settings(path) -> dict:
     "The prompt template and data format run `path` trained with (as `generate.load` reads them)."
     from finetune.config import TrainConfig
-    cfg = Path(path)/"config.yaml"
+    cfg = RunDir(path).config
     if not cfg.exists(): return {}
     c = TrainConfig.from_yaml(cfg)
     return dict(template=c.template, fmt=c.data_format if c.data_format not in (None, "auto") else None)
