@@ -16,19 +16,24 @@ from .tiny import llama_param_count, make_tiny_model
 import mlx.core as mx
 
 # %% auto #0
-__all__ = ['QUICK', 'LORA_KEYS', 'SYSTEMS', 'TARGETS', 'BenchSpec', 'model_params', 'lexicon', 'chat_rows', 'build_bench',
-           'finetune_config', 'mlx_lm_config', 'worker', 'run_worker', 'score_adapters', 'summarize',
-           'train_flops_per_token', 'run_benchmark', 'report', 'markdown', 'chart', 'main']
+__all__ = ['QUICK', 'REAL', 'WORKLOADS', 'LORA_KEYS', 'SYSTEMS', 'TARGETS', 'ORDER', 'KEYS', 'BenchSpec', 'model_params',
+           'lexicon', 'chat_rows', 'project_sentences', 'text_rows', 'build_bench', 'finetune_config', 'mlx_lm_config',
+           'system_config', 'fix_length_sort', 'worker', 'run_worker', 'score_adapters', 'summarize', 'model_dims',
+           'train_flops_per_token', 'profile_step', 'paired_steps', 'run_benchmark', 'report', 'markdown', 'chart',
+           'main']
 
 # %% ../nbs/15_bench.ipynb #0153ea5b
 @dataclass
 class BenchSpec:
-    "Sizes and settings of a benchmark; both systems get the same ones."
+    "Sizes and settings of one benchmark workload; every system gets the same ones."
     n_layers:int=8; hidden_size:int=512; n_heads:int=8; n_kv_heads:int=4; intermediate_size:int=1408; vocab_size:int=8192
+    real_model:str|None=None   # a real model (`smollm2-135m`) instead of the llama-shaped one made in code; its data is then English text
     n_train:int=2000           # training rows
     n_valid:int=64             # validation rows (scored in full by one evaluator)
-    median_words:int=60        # median words in a user message; lengths are log-normal around it
-    max_words:int=420          # longest user message (rows stay under max_seq_length tokens)
+    median_words:int=60        # made-up data: median words in a user message; lengths are log-normal around it
+    max_words:int=420          # made-up data: longest user message (rows stay under max_seq_length tokens)
+    median_notes:int=6         # English data: median sentences a user message holds; log-normal around it
+    max_notes:int=24           # English data: most sentences in a user message
     max_seq_length:int=1024
     batch_size:int=4
     iters:int=30
@@ -38,18 +43,28 @@ class BenchSpec:
     lora_layers:int=8
     reps:int=3                 # alternating repetitions of each system
     skip_steps:int=2           # first steps left out of throughput (compilation, warm-up)
+    systems:tuple=("mlx_lm", "mlx_lm_fixed", "finetune", "finetune_plot") # alternating systems (see `SYSTEMS`)
     stock_iters:int=4          # steps of mlx_lm.lora on MLX's bundled BLAS (slow; 0 skips it)
-    gc_iters:int=3             # steps of each gradient-checkpointing run (packed rows of max_seq_length tokens)
+    gc_iters:int=3             # steps of each gradient-checkpointing run (packed rows of max_seq_length tokens; 0 skips them)
+    bf16_iters:int=0           # steps of finetune and of the fixed mlx_lm.lora on the model saved in bfloat16 (0 skips them)
+    bf16_batch_size:int=2      # batch size of the bfloat16 runs (mlx_lm.lora computes in bfloat16 there: slow on a CPU)
+    bf16_max_seq_length:int=128 # longest row of the bfloat16 runs
+    profile:bool=False         # measure where a training step's time goes, by op type
     seed:int=0
 
 QUICK = BenchSpec(n_layers=2, hidden_size=128, n_heads=4, n_kv_heads=2, intermediate_size=256, vocab_size=1024, n_train=240,
                   n_valid=16, median_words=20, max_words=100, max_seq_length=256, iters=8, reps=1, lora_layers=2,
                   stock_iters=3, gc_iters=2)
 
+REAL = BenchSpec(real_model="smollm2-135m", n_train=400, n_valid=32, median_notes=4, max_notes=12, iters=10, reps=2, learning_rate=2e-4, lora_layers=-1,
+                 systems=("mlx_lm", "mlx_lm_fixed", "finetune", "finetune_qlora"), stock_iters=0, gc_iters=0, bf16_iters=4, profile=True)
+
+WORKLOADS = {"synthetic": BenchSpec(), "real": REAL}
+
 LORA_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 def model_params(spec:BenchSpec) -> int:
-    "Parameters of the benchmark model (tied embeddings)."
+    "Parameters of the benchmark's made-up model (tied embeddings)."
     return llama_param_count(spec.n_layers, spec.hidden_size, spec.n_heads, spec.n_kv_heads, spec.intermediate_size, spec.vocab_size)
 
 # %% ../nbs/15_bench.ipynb #8337cd36
@@ -79,25 +94,76 @@ def chat_rows(n:int, lex:list, seed:int, median_words:int=60, max_words:int=420)
         rows.append({"messages": [{"role": "user", "content": q + " ".join(ws)}, {"role": "assistant", "content": a}]})
     return rows
 
+# %% ../nbs/15_bench.ipynb #2de5ae5b
+def project_sentences() -> list[str]:
+    "Sentences of the docstrings in finetune's own modules, sorted and without repeats."
+    import ast, re, finetune
+    out = set()
+    for p in sorted(Path(finetune.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)): continue
+            for s in re.split(r"(?<=[.!?:])\s+", ast.get_docstring(node) or ""):
+                s = " ".join(s.split())
+                if 20 <= len(s) <= 240 and not s.startswith(("Docs:", "http", "`python")): out.add(s)
+    return sorted(out)
+
+def text_rows(n:int, sentences:list, seed:int, median_notes:int=6, max_notes:int=24) -> list[dict]:
+    "`n` chat rows about a log-normal number of `sentences` each: number them, reverse them, or give the first and last."
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        k = int(np.clip(np.exp(rng.normal(math.log(median_notes), 0.8)), 1, min(max_notes, len(sentences))))
+        ss = [sentences[j] for j in rng.choice(len(sentences), k, replace=False)]
+        task = int(rng.integers(3))
+        if task == 0: q, a = "Number these notes, keeping their order:", "\n".join(f"{i}. {s}" for i, s in enumerate(ss, 1))
+        elif task == 1: q, a = "Write these notes in reverse order:", "\n".join(f"- {s}" for s in ss[::-1])
+        else: q, a = "Give the first and the last of these notes:", f"First: {ss[0]}\nLast: {ss[-1]}"
+        rows.append({"messages": [{"role": "user", "content": q + "\n" + "\n".join(f"- {s}" for s in ss)}, {"role": "assistant", "content": a}]})
+    return rows
+
 # %% ../nbs/15_bench.ipynb #e7908083
 def _spec_key(spec:BenchSpec) -> str:
     f = dataclasses.asdict(spec)
-    keep = ["n_layers", "hidden_size", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size", "n_train", "n_valid", "median_words", "max_words", "seed"]
+    if spec.real_model:  # the sentences come from the installed finetune: a new version may bring other data
+        import hashlib
+        keep, f["text"] = ["real_model", "n_train", "n_valid", "median_notes", "max_notes", "seed", "text"], hashlib.sha1("\n".join(project_sentences()).encode()).hexdigest()[:8]
+    else: keep = ["n_layers", "hidden_size", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size", "n_train", "n_valid", "median_words", "max_words", "seed"]
     return "-".join(str(f[k]) for k in keep)
 
+def _bf16_copy(src:Path, dst:Path):
+    "Save model directory `src` again with its weights in bfloat16, as Hub models mostly are."
+    import mlx_lm
+    from mlx_lm.utils import save_model
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model*.safetensors*"))
+    m, _ = mlx_lm.load(str(src))
+    m.set_dtype(mx.bfloat16)
+    save_model(dst, m)
+    cfg = json.loads((dst/"config.json").read_text())
+    (dst/"config.json").write_text(json.dumps({**cfg, "torch_dtype": "bfloat16"}, indent=2))
+
 def build_bench(workdir, spec:BenchSpec) -> dict:
-    "Write (or reuse) the benchmark model and chat data under `workdir`: their paths."
+    "Write (or reuse) the benchmark model and chat data under `workdir`: their paths (`name`: what finetune loads)."
     root = Path(workdir)/f"bench-{_spec_key(spec)}"
     paths = dict(root=root, model=root/"model", data=root/"data", train=root/"data"/"train.jsonl", valid=root/"data"/"valid.jsonl")
-    if paths["valid"].exists() and (paths["model"]/"model.safetensors").exists(): return paths
-    lex = lexicon(seed=spec.seed)
-    train = chat_rows(spec.n_train, lex, spec.seed + 1, spec.median_words, spec.max_words)
-    valid = chat_rows(spec.n_valid, lex, spec.seed + 2, spec.median_words, spec.max_words)
+    if spec.real_model:
+        from finetune.models import resolve_model
+        paths.update(model=resolve_model(spec.real_model), name=spec.real_model)  # converted once into FINETUNE_HOME
+    if spec.bf16_iters: paths["model_bf16"] = root/"model-bf16"
+    if paths["valid"].exists() and (paths["model"]/"config.json").exists() and (not spec.bf16_iters or (paths["model_bf16"]/"config.json").exists()):
+        return paths
     Path(workdir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=workdir, prefix=".bench-"))
-    make_tiny_model(tmp/"model", n_layers=spec.n_layers, hidden_size=spec.hidden_size, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
-                    intermediate_size=spec.intermediate_size, vocab_size=spec.vocab_size, max_position=max(2048, spec.max_seq_length),
-                    corpus=[r["messages"][0]["content"] for r in train], seed=spec.seed)
+    if spec.real_model:
+        ss = project_sentences()
+        train, valid = (text_rows(k, ss, spec.seed + i, spec.median_notes, spec.max_notes) for i, k in ((1, spec.n_train), (2, spec.n_valid)))
+    else:
+        lex = lexicon(seed=spec.seed)
+        train = chat_rows(spec.n_train, lex, spec.seed + 1, spec.median_words, spec.max_words)
+        valid = chat_rows(spec.n_valid, lex, spec.seed + 2, spec.median_words, spec.max_words)
+        make_tiny_model(tmp/"model", n_layers=spec.n_layers, hidden_size=spec.hidden_size, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
+                        intermediate_size=spec.intermediate_size, vocab_size=spec.vocab_size, max_position=max(2048, spec.max_seq_length),
+                        corpus=[r["messages"][0]["content"] for r in train], seed=spec.seed)
+    if spec.bf16_iters: _bf16_copy(paths["model"] if spec.real_model else tmp/"model", tmp/"model-bf16")
     (tmp/"data").mkdir()
     for name, rows in [("train", train), ("valid", valid)]:
         (tmp/"data"/f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -108,7 +174,7 @@ def build_bench(workdir, spec:BenchSpec) -> dict:
 # %% ../nbs/15_bench.ipynb #96d268bf
 def finetune_config(spec:BenchSpec, paths:dict, out, **overrides) -> dict:
     "finetune's `TrainConfig` fields for this benchmark."
-    return dict(model=str(paths["model"]), data=str(paths["train"]), valid_data=str(paths["valid"]), data_format="chat",
+    return dict(model=str(paths.get("name") or paths["model"]), data=str(paths["train"]), valid_data=str(paths["valid"]), data_format="chat",
                 train_on="assistant", max_seq_length=spec.max_seq_length, pack=False, fine_tune_type="lora",
                 lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=0.0, lora_layers=spec.lora_layers,
                 lora_modules=LORA_KEYS, optimizer="adam", learning_rate=spec.learning_rate, weight_decay=0.0, max_grad_norm=None,
@@ -123,9 +189,23 @@ def mlx_lm_config(spec:BenchSpec, paths:dict, out, **overrides) -> dict:
                 save_every=10**6, max_seq_length=spec.max_seq_length, grad_checkpoint=False, mask_prompt=True,
                 lora_parameters=dict(rank=spec.lora_rank, dropout=0.0, scale=spec.lora_alpha / spec.lora_rank, keys=LORA_KEYS)) | overrides
 
+def system_config(system:str, spec:BenchSpec, paths:dict, folder) -> dict:
+    "The config of one run of `system` (see `SYSTEMS`), writing under `folder`."
+    folder, bf16 = Path(folder), system.endswith("_bf16")
+    o = dict(iters=spec.bf16_iters, batch_size=spec.bf16_batch_size, max_seq_length=spec.bf16_max_seq_length) if bf16 else {}
+    if system.startswith("mlx_lm"): return mlx_lm_config(spec, paths, folder/"adapters", **o, **({"model": str(paths["model_bf16"])} if bf16 else {}))
+    if bf16: o["model"] = str(paths["model_bf16"])
+    if system == "finetune_qlora": o.update(quantize_bits=4, quantize_group_size=32)  # SmolLM2's Q4_1 GGUF is 4 bits in groups of 32
+    return finetune_config(spec, paths, folder/"out", run_name="run", **o)
+
 # %% ../nbs/15_bench.ipynb #2890e7dd
 def _record(out:dict, t0:float, real:int, padded:int, loss:float):
     out["steps"].append(dict(t=time.time() - t0, real=int(real), padded=int(padded), loss=float(loss)))
+
+def fix_length_sort():
+    "Make mlx-lm batch rows of similar tokenized length: `CacheDataset.itemlen` returns the tokenized length (this process only)."
+    from mlx_lm.tuner.datasets import CacheDataset
+    CacheDataset.itemlen = lambda self, idx: len(self[idx][0])  # self[idx] is (tokens, offset), tokenized and cached
 
 def _run_mlx_lm(cfg:dict, out:dict, t0:float, cfg_path:str):
     import yaml
@@ -157,12 +237,10 @@ def _run_finetune(cfg:dict, out:dict, t0:float, plot:bool=False):
         def __call__(self, event, metrics):
             tic = time.perf_counter(); super().__call__(event, metrics); self.spent += time.perf_counter() - tic
     cbs = [Report()]
-    if plot:
-        import matplotlib.pyplot  # noqa: F401  (matplotlib loaded before the run, as in a notebook with inline plots)
-        cbs.append(lp := TimedPlot(mode="svg", target=lambda svg: None))
+    if plot: cbs.append(lp := TimedPlot(mode="svg", target=lambda svg: None))  # draws the chart at its default pace, as in a notebook
     tr = Trainer(cfg, callbacks=cbs)
     tr.fit()
-    out["run_dir"] = str(tr.run_dir)
+    out["run_dir"], out["dtype"] = str(tr.run_dir), tr.model.finetune_info.dtype
     if plot: out["draws"], out["plot_seconds"] = lp.draws, lp.spent
 
 def worker(argv=None):
@@ -170,8 +248,12 @@ def worker(argv=None):
     system, cfg_path, res_path = argv or sys.argv[1:4]
     t0 = float(os.environ.get("FINETUNE_BENCH_T0") or time.time())
     cfg, out = json.loads(Path(cfg_path).read_text()), {"system": system, "steps": []}
-    if system == "mlx_lm": _run_mlx_lm(cfg, out, t0, cfg_path)
+    if system.startswith("mlx_lm"):
+        if system.startswith("mlx_lm_fixed"): fix_length_sort()
+        _run_mlx_lm(cfg, out, t0, cfg_path)
     elif system == "score": out["scores"] = score_adapters(**cfg)
+    elif system == "profile": out["profile"] = profile_step(**cfg)
+    elif system == "qlora_pair": out["pair"] = paired_steps(**cfg)
     else: _run_finetune(cfg, out, t0, plot=system == "finetune_plot")
     out["peak_memory"], out["max_rss"] = mx.get_peak_memory(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out["total_s"] = time.time() - t0
@@ -194,22 +276,23 @@ def run_worker(system:str, cfg:dict, folder, name:str, env:dict|None=None) -> di
 
 # %% ../nbs/15_bench.ipynb #053f2ba3
 def score_adapters(model:str, config:dict, adapters:dict) -> dict:
-    "Validation loss of the base `model` with each of `adapters` (name -> folder), on the data of `config`."
-    from finetune.config import as_config
+    "Validation loss of base `model` with each of `adapters` (name -> folder, or name -> [model, quantize_bits, folder]), on the data of `config`."
     from finetune.train import validation_loss
+    from finetune.config import as_config
     from finetune.models import load_model
     from finetune.data import prepare_data
     c = as_config(config)
     scores, data = {}, None
-    for name, folder in adapters.items():
-        m, tok = load_model(model, adapter_path=folder)
+    for name, a in adapters.items():
+        base, bits, folder = a if isinstance(a, (list, tuple)) else (model, None, a)
+        m, tok = load_model(base, quantize_bits=bits, group_size=32 if bits else None, adapter_path=folder)
         data = data or prepare_data(c, tok, quiet=True)  # one tokenizer (the base model's) for every run
         scores[name] = validation_loss(m, data.valid, c.batch_size, c.max_seq_length)
     return scores
 
 # %% ../nbs/15_bench.ipynb #6fcd31ef
 def summarize(result:dict, skip:int=2) -> dict:
-    "Useful tokens/s, padding waste, peak memory (GB), time to the first step and final train loss of one run."
+    "Useful tokens/s, padding waste, peak memory (GB), time to the first step, final train loss and longest batch (positions) of one run."
     st = result["steps"]
     if len(st) < 3: raise FinetuneError(f"A benchmark run recorded {len(st)} steps; at least 3 are needed.", hint="Raise --iters.")
     skip = min(skip, len(st) - 2)
@@ -218,71 +301,201 @@ def summarize(result:dict, skip:int=2) -> dict:
     real, padded = sum(s["real"] for s in st), sum(s["padded"] for s in st)
     return dict(useful_tokens_per_sec=sum(s["real"] for s in window) / dt, padding_waste=1 - real / padded,
                 peak_memory_gb=result["peak_memory"] / 1e9, max_rss_gb=result["max_rss"] / 1e9, first_step_s=st[0]["t"],
-                final_train_loss=statistics.mean(s["loss"] for s in st[-3:]), steps=len(st), real_tokens=real)
+                final_train_loss=statistics.mean(s["loss"] for s in st[-3:]), steps=len(st), real_tokens=real,
+                longest_batch=max(s["padded"] for s in st))
 
 # %% ../nbs/15_bench.ipynb #7172ceb6
-def train_flops_per_token(spec:BenchSpec, lengths, lora:bool=True) -> float:
-    "Model FLOPs per useful token of a training step, averaged over rows of `lengths` tokens."
-    H, hd = spec.hidden_size, spec.hidden_size // spec.n_heads
-    per_layer = 2 * (H * hd * (2 * spec.n_heads + 2 * spec.n_kv_heads) + 3 * H * spec.intermediate_size)
-    dense = spec.n_layers * per_layer + 2 * H * spec.vocab_size
+def model_dims(spec:BenchSpec, model_dir=None) -> dict:
+    "Layers, width, heads, KV heads, MLP width and vocabulary of the workload's model (a real one's from its config.json)."
+    if not (spec.real_model and model_dir):
+        return dict(n_layers=spec.n_layers, hidden_size=spec.hidden_size, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
+                    intermediate_size=spec.intermediate_size, vocab_size=spec.vocab_size)
+    c = json.loads((Path(model_dir)/"config.json").read_text())
+    return dict(n_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"], n_heads=c["num_attention_heads"],
+                n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"], intermediate_size=c["intermediate_size"], vocab_size=c["vocab_size"])
+
+def train_flops_per_token(dims, lengths, lora:bool=True, trained:float=1.0) -> float:
+    "Model FLOPs per useful token of a training step over rows of `lengths` tokens (`dims`: a spec or `model_dims`); the output layer counts at the `trained` share of tokens."
+    d = dims if isinstance(dims, dict) else model_dims(dims)
+    H, hd = d["hidden_size"], d["hidden_size"] // d["n_heads"]
+    per_layer = 2 * (H * hd * (2 * d["n_heads"] + 2 * d["n_kv_heads"]) + 3 * H * d["intermediate_size"])
+    dense = d["n_layers"] * per_layer + 2 * H * d["vocab_size"] * trained
     L = np.asarray(lengths, dtype=np.float64)
-    attn = spec.n_layers * 2 * H * (L ** 2).sum() / L.sum()
+    attn = d["n_layers"] * 2 * H * (L ** 2).sum() / L.sum()
     return (dense + attn) * (2 if lora else 3)
 
+# %% ../nbs/15_bench.ipynb #0787fd80
+def _fwd_bwd(f, *xs, backward:bool=True, compile:bool=True):
+    "A callable running `f(*xs)` and, if `backward`, its vector-Jacobian product for a fixed random cotangent."
+    out = f(*xs)
+    ct = mx.random.normal(out.shape).astype(out.dtype)
+    g = (lambda *a: mx.vjp(f, list(a), [ct])) if backward else f
+    g = mx.compile(g) if compile else g
+    return lambda: g(*xs)
+
+def _layer_fn(m, x, backward:bool):
+    "A callable running layer `m` on `x`, forward (and backward: input and trainable-parameter gradients)."
+    from mlx.utils import tree_flatten, tree_unflatten
+    flat = tree_flatten(m.trainable_parameters())
+    if not backward or not flat: return _fwd_bwd(m, x, backward=backward, compile=False)
+    names, vals = [k for k, _ in flat], [v for _, v in flat]
+    def f(x, *p):
+        m.update(tree_unflatten(list(zip(names, p))))
+        return m(x)
+    g = _fwd_bwd(f, x, *vals, compile=False)
+    def run():
+        try: return g()
+        finally: m.update(tree_unflatten(list(zip(names, vals))))
+    return run
+
+def _round_robin(jobs:list, reps:int) -> dict:
+    "Median seconds of each `(name, count, f)` job times its count, summed by name; the jobs take turns, so a busy machine slows all alike."
+    for _, _, f in jobs: mx.eval(f())  # warm-up: compiles
+    ts = [[] for _ in jobs]
+    for _ in range(reps):
+        for t, (_, _, f) in zip(ts, jobs):
+            tic = time.perf_counter(); mx.eval(f()); t.append(time.perf_counter() - tic)
+    out = {}
+    for t, (name, k, _) in zip(ts, jobs): out[name] = out.get(name, 0.0) + k * statistics.median(t)
+    return out
+
+# %% ../nbs/15_bench.ipynb #adaaa958
+def profile_step(config:dict, reps:int=5) -> dict:
+    "Seconds a typical training step of `config` spends on each kind of work (each timed alone at the step's shapes), and the whole step."
+    import mlx.nn as nn
+    from mlx_lm.models.activations import swiglu
+    from finetune.batching import make_batch, plan_batches, split_head
+    from finetune.config import as_config
+    from finetune.data import prepare_data
+    from finetune.models import attach_adapters, load_model
+    from finetune.train import make_optimizer, make_step
+    c = as_config(config)
+    model, tok = load_model(c); attach_adapters(model, c); model.train()
+    ds = prepare_data(c, tok, quiet=True).train
+    plans = plan_batches(ds, c.batch_size, c.max_seq_length, shuffle=False)
+    mid = len(plans) // 2
+    batch = make_batch(ds, plans[mid], c.max_seq_length)
+    opt = make_optimizer(c, 10**6); opt.init(model.trainable_parameters())
+    micro, update = make_step(model, opt, max_grad_norm=c.max_grad_norm)
+    acc = micro(batch); mx.eval(acc)
+    other = next((b for b in plans[mid + 1:] + plans[:mid][::-1] if make_batch(ds, b, c.max_seq_length).inputs.shape != batch.inputs.shape), None)
+    compile_s = 0.0
+    if other is not None:  # tracing and compiling the step again for a batch of another padded length
+        b2 = make_batch(ds, other, c.max_seq_length)
+        t = time.perf_counter(); acc2 = micro(b2); compile_s = time.perf_counter() - t
+        mx.eval(acc2)
+    lengths = {make_batch(ds, b, c.max_seq_length).inputs.shape[1] for b in plans}
+    t = time.perf_counter()
+    for b in plans[max(mid - 3, 0):mid + 3]: make_batch(ds, b, c.max_seq_length)
+    data_s = (time.perf_counter() - t) / len(plans[max(mid - 3, 0):mid + 3])
+    (B, L), P, blk = batch.inputs.shape, batch.n_tokens, model.layers[-1]
+    a, V = blk.self_attn, model.args.vocab_size
+    H, I, nh, nkv, hd = model.args.hidden_size, model.args.intermediate_size, a.n_heads, a.n_kv_heads, a.head_dim
+    n = len(model.layers)
+    n_ad = n if c.lora_layers == -1 else c.lora_layers  # blocks with adapters: forward and backward; the rest forward only
+    rnd = lambda *s: mx.random.normal(s)
+    jobs = [("step", 1, lambda: (update(*micro(batch)), model.state, opt.state)), ("optimizer", 1, lambda: (update(*acc), model.state, opt.state))]
+    def both(name, make):  # one job for the adapted blocks (forward and backward), one for the rest (forward only)
+        jobs.extend((name, k, make(bw)) for bw, k in ((True, n_ad), (False, n - n_ad)) if k)
+    ins = dict(q_proj=H, k_proj=H, v_proj=H, o_proj=nh * hd, gate_proj=H, up_proj=H, down_proj=I)
+    for k, d in ins.items(): both("matmul (projections)", lambda bw, m=getattr(blk.self_attn if k[0] in "qkvo" else blk.mlp, k), d=d: _layer_fn(m, rnd(B, L, d), bw))
+    q, kv = rnd(B, nh, L, hd), rnd(B, nkv, L, hd)
+    sdpa = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask="causal")
+    both("attention", lambda bw: _fwd_bwd(sdpa, q, kv, kv, backward=bw))
+    both("of which softmax", lambda bw: _fwd_bwd(lambda s: mx.softmax(s, axis=-1, precise=True), rnd(B, nh, L, L), backward=bw))
+    both("rotary embedding", lambda bw: _fwd_bwd(lambda q, k: a.rope(q).sum() + a.rope(k).sum(), q, kv, backward=bw))
+    both("activation (SwiGLU)", lambda bw: _fwd_bwd(swiglu, rnd(B, L, I), rnd(B, L, I), backward=bw))
+    both("norms", lambda bw: _fwd_bwd(lambda x: blk.input_layernorm(x) + blk.post_attention_layernorm(x + 1), rnd(B, L, H), backward=bw))
+    jobs.append(("norms", 1, _fwd_bwd(model.model.norm, rnd(B, L, H))))
+    split = split_head(model)
+    head = split[1] if split else (model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear)
+    jobs.append(("output layer", 1, _fwd_bwd(head, rnd(P, H), compile=False)))
+    tgt = mx.array(np.random.default_rng(0).integers(0, V, P), mx.int32)
+    jobs.append(("loss (cross-entropy)", 1, _fwd_bwd(lambda z: nn.losses.cross_entropy(z, tgt).sum(), rnd(P, V))))
+    parts = _round_robin(jobs, reps)
+    step_s = parts.pop("step")
+    other = step_s - sum(v for k, v in parts.items() if k != "of which softmax")
+    parts["data"] = data_s
+    return dict(batch=[B, L], trained_positions=P, adapted_blocks=n_ad, blocks=n, step_s=step_s, parts=parts, other_s=other,
+                compile_s=compile_s, distinct_lengths=len(lengths), batches=len(plans))
+
+# %% ../nbs/15_bench.ipynb #fe58d102
+def paired_steps(config:dict, steps:int=6, bits:int=4) -> dict:
+    "Step times of LoRA and of QLoRA (`bits`, groups of 32) on the same batches of `config`, alternating in one process; the per-step ratios."
+    from finetune.batching import iterate_batches
+    from finetune.config import as_config
+    from finetune.data import prepare_data
+    from finetune.models import attach_adapters, load_model
+    from finetune.train import make_optimizer, make_step
+    c, runs = as_config(config), {}
+    for kind, q in (("lora", None), ("qlora", bits)):
+        m, tok = load_model(c, quantize_bits=q, group_size=32 if q else None); attach_adapters(m, c); m.train()
+        opt = make_optimizer(c, 10**6); opt.init(m.trainable_parameters())
+        runs[kind] = (m, opt, *make_step(m, opt, max_grad_norm=c.max_grad_norm))
+    batches = list(iterate_batches(prepare_data(c, tok, quiet=True).train, c.batch_size, c.max_seq_length, seed=c.seed))[:steps + 1]
+    times = {k: [] for k in runs}
+    for i, b in enumerate(batches):
+        for k in (("lora", "qlora") if i % 2 else ("qlora", "lora")):  # who goes first alternates
+            m, opt, micro, update = runs[k]
+            t = time.perf_counter(); mx.eval(update(*micro(b)), m.state, opt.state); times[k].append(time.perf_counter() - t)
+    ratios = [q / l for q, l in zip(times["qlora"][1:], times["lora"][1:])]  # the first step of each compiles
+    return dict(lora_s=times["lora"], qlora_s=times["qlora"], ratios=ratios, ratio=statistics.median(ratios))
+
 # %% ../nbs/15_bench.ipynb #b4e048ff
-def _machine(peak:float, peak_stock:float) -> dict:
+def _machine(peak:float, peak_stock:float|None) -> dict:
     import mlx_lm
     r = device_report(measure=False)
     return dict(cpu=r["device"], cores=os.cpu_count(), memory_gib=round(r["memory_total_gb"], 1), system=platform.platform(),
                 backend=r["backend"], mlx=r["mlx"], mlx_lm=mlx_lm.__version__, blas=r["blas"],
-                matmul_gflops=round(peak, 1), matmul_gflops_bundled_blas=round(peak_stock, 1))
+                matmul_gflops=round(peak, 1), matmul_gflops_bundled_blas=round(peak_stock, 1) if peak_stock else None,
+                matmul_gflops_bf16=round(matmul_gflops(512, repeats=2, dtype=mx.bfloat16), 1))
 
-def _row_lengths(paths:dict, spec:BenchSpec) -> list[int]:
+def _data_stats(paths:dict, spec:BenchSpec) -> tuple[list[int], float]:
+    "Token counts of the training rows (cut at max_seq_length) and the share of predicted tokens the loss trains on."
     from finetune.config import as_config
     from finetune.data import prepare_data
     from finetune.models import load_model
     c = as_config(finetune_config(spec, paths, paths["root"]/"tmp"))
-    data = prepare_data(c, load_model(str(paths["model"]))[1], quiet=True)
-    return [min(int(n), spec.max_seq_length) for n in data.train.lengths]
+    ds = prepare_data(c, load_model(str(paths["model"]))[1], quiet=True).train
+    lengths = [min(int(n), spec.max_seq_length) for n in ds.lengths]
+    trained = sum(sum(ds[i].mask[1:n]) for i, n in enumerate(lengths))
+    return lengths, trained / max(sum(n - 1 for n in lengths), 1)
 
 # %% ../nbs/15_bench.ipynb #ec19c973
-SYSTEMS = ["mlx_lm", "finetune", "finetune_plot"]
+SYSTEMS = dict(mlx_lm="mlx_lm.lora", mlx_lm_fixed="mlx_lm.lora, length sort fixed", finetune="finetune", finetune_plot="finetune + live plot",
+               finetune_qlora="finetune, QLoRA (4-bit)", mlx_lm_stock="mlx_lm.lora, bundled BLAS",
+               finetune_bf16="finetune, bf16 files", mlx_lm_fixed_bf16="mlx_lm.lora (fixed), bf16 files")
+
+def _run(system:str, spec:BenchSpec, paths:dict, runs:Path, name:str, log, skip:int, **env) -> dict:
+    "One run of `system` in a worker, summarized."
+    r = run_worker(system.replace("_stock", ""), system_config(system, spec, paths, runs/name), runs, name, env=env or None)
+    r["adapters"] = str(runs/name/"adapters") if system.startswith("mlx_lm") else r["run_dir"]
+    r["summary"] = summarize(r, skip)
+    log(f"{name:24s} {r['summary']['useful_tokens_per_sec']:8.1f} useful tok/s, peak {r['summary']['peak_memory_gb']:.2f} GB")
+    return r
 
 def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dict:
-    "Run the whole benchmark; write results.json, results.md and results.png to `out`; return the results."
+    "Run one workload; write results.json, results.md and results.png to `out`; return the results."
     spec = spec or BenchSpec()
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     paths = build_bench(workdir or out/"work", spec)
-    runs = out/"runs"
-    log(f"model: {model_params(spec) / 1e6:.1f}M parameters at {paths['model']}")
+    runs, dims = out/"runs", model_dims(spec, paths["model"])
+    log(f"model: {spec.real_model or 'made in code'}, {llama_param_count(**dims) / 1e6:.1f}M parameters at {paths['model']}")
     peak = max(matmul_gflops(1024, repeats=20), matmul_gflops(2048, repeats=4))
-    peak_stock = probe_blas(off=True, n=1024)["gflops"]  # MLX's bundled BLAS, in a fresh process
-    log(f"matrix-multiply peak: {peak:.1f} GFLOP/s ({peak_stock:.1f} with MLX's bundled BLAS)")
-    lengths = _row_lengths(paths, spec)
-    results = {s: [] for s in SYSTEMS}
+    peak_stock = probe_blas(off=True, n=1024)["gflops"] if spec.stock_iters else None  # MLX's bundled BLAS, in a fresh process
+    log(f"matrix-multiply peak: {peak:.1f} GFLOP/s" + (f" ({peak_stock:.1f} with MLX's bundled BLAS)" if peak_stock else ""))
+    lengths, trained = _data_stats(paths, spec)
+    results = {s: [] for s in spec.systems}
     for rep in range(spec.reps):
-        order = SYSTEMS[rep % 3:] + SYSTEMS[:rep % 3]
-        for system in order:
-            name = f"{system}-{rep}"
-            folder = runs/name
-            if system == "mlx_lm": cfg = mlx_lm_config(spec, paths, folder/"adapters")
-            else: cfg = finetune_config(spec, paths, folder/"out", run_name="run")
-            r = run_worker(system, cfg, runs, name)
-            r["adapters"] = str(folder/"adapters") if system == "mlx_lm" else r["run_dir"]
-            r["summary"] = summarize(r, spec.skip_steps)
-            results[system].append(r)
-            log(f"rep {rep + 1}/{spec.reps} {system:14s} {r['summary']['useful_tokens_per_sec']:8.1f} useful tok/s, "
-                f"peak {r['summary']['peak_memory_gb']:.2f} GB")
+        k = rep % len(spec.systems)
+        for system in spec.systems[k:] + spec.systems[:k]: results[system].append(_run(system, spec, paths, runs, f"{system}-{rep}", log, spec.skip_steps))
     extra = {}
     if spec.stock_iters:
-        cfg = mlx_lm_config(spec, paths, runs/"mlx_lm_stock"/"adapters", iters=spec.stock_iters)
-        r = run_worker("mlx_lm", cfg, runs, "mlx_lm_stock", env={"FINETUNE_BLAS": "off"})
-        r["summary"] = summarize(r, skip=1)
-        extra["mlx_lm_stock"] = r
-        log(f"mlx_lm (bundled BLAS)  {r['summary']['useful_tokens_per_sec']:8.1f} useful tok/s")
+        extra["mlx_lm_stock"] = _run("mlx_lm_stock", dataclasses.replace(spec, iters=spec.stock_iters), paths, runs, "mlx_lm_stock", log, 1, FINETUNE_BLAS="off")
+    for system in ("finetune_bf16", "mlx_lm_fixed_bf16") if spec.bf16_iters else ():
+        extra[system] = _run(system, spec, paths, runs, system, log, 1)
     gc = {}
-    for on in (False, True):
+    for on in (False, True) if spec.gc_iters else ():
         name = f"grad_checkpoint_{'on' if on else 'off'}"
         cfg = finetune_config(spec, paths, runs/name/"out", run_name="run", pack=True, grad_checkpoint=on, iters=spec.gc_iters)
         r = run_worker("finetune", cfg, runs, name)
@@ -290,12 +503,16 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
                         tokens_per_row=r["steps"][0]["padded"] / spec.batch_size,
                         step_s=(r["steps"][-1]["t"] - r["steps"][0]["t"]) / max(len(r["steps"]) - 1, 1))
         log(f"{name}: peak {gc[name]['peak_memory_gb']:.2f} GB")
-    adapters = {f"{s}-{i}": r["adapters"] for s in SYSTEMS for i, r in enumerate(results[s])}
-    scfg = dict(model=str(paths["model"]), config=finetune_config(spec, paths, runs/"score"), adapters=adapters)
+    profile = run_worker("profile", dict(config=finetune_config(spec, paths, runs/"profile")), runs, "profile")["profile"] if spec.profile else None
+    pair = run_worker("qlora_pair", dict(config=finetune_config(spec, paths, runs/"pair")), runs, "qlora_pair")["pair"] if "finetune_qlora" in spec.systems else None
+    base = str(paths.get("name") or paths["model"])
+    adapters = {f"{s}-{i}": ([base, 4, r["adapters"]] if s == "finetune_qlora" else r["adapters"]) for s in spec.systems for i, r in enumerate(results[s])}
+    scfg = dict(model=base, config=finetune_config(spec, paths, runs/"score"), adapters=adapters)
     scores = run_worker("score", scfg, runs, "score")["scores"]
-    for s in SYSTEMS:
+    peak = max(peak, matmul_gflops(1024, repeats=20), matmul_gflops(2048, repeats=4))  # again at the end: the best seen (a busy machine lowers it)
+    for s in spec.systems:
         for i, r in enumerate(results[s]): r["summary"]["val_loss"] = scores[f"{s}-{i}"]
-    res = report(spec, results, extra, gc, peak, peak_stock, lengths)
+    res = report(spec, results, extra, gc, peak, peak_stock, lengths, dims=dims, trained=trained, profile=profile, pair=pair)
     (out/"results.json").write_text(json.dumps(res, indent=2))
     (out/"results.md").write_text(markdown(res))
     chart(res, out/"results.png")
@@ -303,77 +520,139 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
     return res
 
 # %% ../nbs/15_bench.ipynb #95f9d7ba
-TARGETS = dict(speedup=1.3, grad_checkpoint_cut=0.30, liveplot_cost=0.03, val_loss_rel=0.02)
+TARGETS = dict(speedup=1.6, val_loss_rel=0.02, utilization=0.35, qlora_step=1.5, bf16_speedup=20.0, grad_checkpoint_cut=0.30, liveplot_cost=0.03)
+ORDER = ["finetune", "finetune_plot", "finetune_qlora", "mlx_lm_fixed", "mlx_lm", "mlx_lm_stock", "finetune_bf16", "mlx_lm_fixed_bf16"]
+KEYS = ["useful_tokens_per_sec", "padding_waste", "peak_memory_gb", "max_rss_gb", "first_step_s", "val_loss", "final_train_loss", "longest_batch"]
 
-def _median(rows:list, key:str) -> float: return statistics.median(r["summary"][key] for r in rows)
+def _median(rows:list, key:str) -> float|None:
+    v = [r["summary"].get(key) for r in rows]
+    return statistics.median(v) if None not in v else None
 
-def report(spec:BenchSpec, results:dict, extra:dict, gc:dict, peak:float, peak_stock:float, lengths) -> dict:
+def _ratios(systems:dict, results:dict, gc:dict) -> dict:
+    "Throughput, memory and loss ratios between the systems that ran."
+    v = lambda s, k="useful_tokens_per_sec": systems[s][k] if s in systems and systems[s].get(k) is not None else None
+    div = lambda a, b: a / b if a is not None and b else None
+    r = dict(speedup_vs_fixed=div(v("finetune"), v("mlx_lm_fixed")), speedup=div(v("finetune"), v("mlx_lm")),
+             speedup_vs_stock=div(v("finetune"), v("mlx_lm_stock")), fix_gain=div(v("mlx_lm_fixed"), v("mlx_lm")),
+             peak_memory_vs_fixed=div(v("finetune", "peak_memory_gb"), v("mlx_lm_fixed", "peak_memory_gb")),
+             val_loss_vs_fixed=div(v("finetune", "val_loss"), v("mlx_lm_fixed", "val_loss")),
+             qlora_step=div(v("finetune"), v("finetune_qlora")), qlora_peak_memory=div(v("finetune_qlora", "peak_memory_gb"), v("finetune", "peak_memory_gb")),
+             bf16_speedup=div(v("finetune_bf16"), v("mlx_lm_fixed_bf16")))
+    tps = [x["summary"]["useful_tokens_per_sec"] for x in results.get("finetune", [])]
+    r["run_to_run_spread"] = (max(tps) - min(tps)) / statistics.median(tps) if len(tps) > 1 else None
+    if "finetune_plot" in results:
+        r["liveplot_cost"] = 1 - v("finetune_plot") / v("finetune")
+        r["liveplot_time_share"] = statistics.median(x["plot_seconds"] / (x["steps"][-1]["t"] - x["steps"][0]["t"]) for x in results["finetune_plot"])
+    if gc: r["grad_checkpoint_cut"] = 1 - gc["grad_checkpoint_on"]["peak_memory_gb"] / gc["grad_checkpoint_off"]["peak_memory_gb"]
+    return r
+
+def _targets(r:dict, systems:dict, real:bool) -> dict:
+    "Which of the issue's targets hold, for the ratios that were measured."
+    t = dict(speedup=r["speedup_vs_fixed"] >= TARGETS["speedup"] if r["speedup_vs_fixed"] else None,
+             peak_memory=r["peak_memory_vs_fixed"] <= 1.0 if r["peak_memory_vs_fixed"] else None,
+             val_loss=abs(r["val_loss_vs_fixed"] - 1) <= TARGETS["val_loss_rel"] if r["val_loss_vs_fixed"] else None,
+             utilization=systems["finetune"]["utilization"] >= TARGETS["utilization"] if real else None,
+             qlora=(r.get("qlora_step_paired", r["qlora_step"]) <= TARGETS["qlora_step"] and r["qlora_peak_memory"] < 1) if r["qlora_step"] else None,
+             bf16=r["bf16_speedup"] >= TARGETS["bf16_speedup"] if r["bf16_speedup"] else None,
+             grad_checkpoint=r["grad_checkpoint_cut"] >= TARGETS["grad_checkpoint_cut"] if "grad_checkpoint_cut" in r else None,
+             liveplot=r["liveplot_cost"] <= TARGETS["liveplot_cost"] if "liveplot_cost" in r else None)
+    return {k: bool(x) for k, x in t.items() if x is not None}
+
+def report(spec:BenchSpec, results:dict, extra:dict, gc:dict, peak:float, peak_stock:float|None, lengths, dims:dict|None=None,
+           trained:float=1.0, profile:dict|None=None, pair:dict|None=None) -> dict:
     "The benchmark's results: per-system medians, ratios and whether each target holds."
-    fpt = train_flops_per_token(spec, lengths)
-    keys = ["useful_tokens_per_sec", "padding_waste", "peak_memory_gb", "max_rss_gb", "first_step_s", "val_loss", "final_train_loss"]
+    dims = dims or model_dims(spec)
+    fpt = float(train_flops_per_token(dims, lengths, trained=trained))
+    fpt16 = train_flops_per_token(dims, np.minimum(lengths, spec.bf16_max_seq_length), trained=trained)
     systems = {}
-    for s, rows in results.items():
-        systems[s] = {k: _median(rows, k) for k in keys}
-        systems[s]["utilization"] = systems[s]["useful_tokens_per_sec"] * fpt / (peak * 1e9)
+    for s, rows in {**results, **{k: [r] for k, r in extra.items()}}.items():
+        systems[s] = {k: _median(rows, k) for k in KEYS}
+        systems[s]["utilization"] = float(systems[s]["useful_tokens_per_sec"] * (fpt16 if s.endswith("_bf16") else fpt) / (peak * 1e9))
         systems[s]["reps"] = [r["summary"] for r in rows]
         systems[s]["loss_curve"] = [[st["t"], st["loss"]] for st in rows[0]["steps"]]
-    if "mlx_lm_stock" in extra:
-        sm = extra["mlx_lm_stock"]["summary"]
-        systems["mlx_lm_stock"] = {k: sm.get(k) for k in keys} | {"utilization": sm["useful_tokens_per_sec"] * fpt / (peak * 1e9), "reps": [sm]}
-    ft, ml, fp = systems["finetune"], systems["mlx_lm"], systems["finetune_plot"]
-    off, on = gc["grad_checkpoint_off"]["peak_memory_gb"], gc["grad_checkpoint_on"]["peak_memory_gb"]
-    ratios = dict(speedup=ft["useful_tokens_per_sec"] / ml["useful_tokens_per_sec"],
-                  peak_memory=ft["peak_memory_gb"] / ml["peak_memory_gb"],
-                  val_loss=ft["val_loss"] / ml["val_loss"],
-                  speedup_vs_stock=ft["useful_tokens_per_sec"] / systems["mlx_lm_stock"]["useful_tokens_per_sec"] if "mlx_lm_stock" in systems else None,
-                  liveplot_cost=1 - fp["useful_tokens_per_sec"] / ft["useful_tokens_per_sec"],
-                  liveplot_time_share=statistics.median(r["plot_seconds"] / (r["steps"][-1]["t"] - r["steps"][0]["t"]) for r in results["finetune_plot"]),
-                  run_to_run_spread=(max(v := [r["summary"]["useful_tokens_per_sec"] for r in results["finetune"]]) - min(v)) / statistics.median(v),
-                  grad_checkpoint_cut=1 - on / off)
-    targets = dict(speedup=ratios["speedup"] >= TARGETS["speedup"], peak_memory=ratios["peak_memory"] <= 1.0,
-                   val_loss=abs(ratios["val_loss"] - 1) <= TARGETS["val_loss_rel"],
-                   grad_checkpoint=ratios["grad_checkpoint_cut"] >= TARGETS["grad_checkpoint_cut"],
-                   liveplot=ratios["liveplot_cost"] <= TARGETS["liveplot_cost"])
+        if rows[0].get("dtype"): systems[s]["dtype"] = rows[0]["dtype"]
+    ratios = _ratios(systems, results, gc)
+    if pair: ratios["qlora_step_paired"] = pair["ratio"]
     L = np.asarray(lengths)
-    data = dict(rows=len(L), length_percentiles={str(p): int(np.percentile(L, p)) for p in (0, 10, 50, 90, 100)}, mean_length=float(L.mean()))
-    return dict(spec=dataclasses.asdict(spec), params=model_params(spec), machine=_machine(peak, peak_stock), data=data,
-                flops_per_token=fpt, systems=systems, grad_checkpoint=gc, ratios=ratios, targets=targets,
-                draws=[r.get("draws") for r in results["finetune_plot"]])
+    data = dict(rows=len(L), length_percentiles={str(p): int(np.percentile(L, p)) for p in (0, 10, 50, 90, 100)}, mean_length=float(L.mean()),
+                trained_share=trained)
+    return dict(spec=dataclasses.asdict(spec), params=llama_param_count(**dims), dims=dims, machine=_machine(peak, peak_stock), data=data,
+                flops_per_token=fpt, systems=systems, grad_checkpoint=gc, ratios=ratios, targets=_targets(ratios, systems, bool(spec.real_model)),
+                profile=profile, qlora_pair=pair, draws=[r.get("draws") for r in results.get("finetune_plot", [])])
 
 # %% ../nbs/15_bench.ipynb #561617ca
-_LABELS = dict(mlx_lm="mlx_lm.lora", finetune="finetune", finetune_plot="finetune + live plot", mlx_lm_stock="mlx_lm.lora, bundled BLAS")
+def _profile_md(p:dict) -> list[str]:
+    "The profile of a step as markdown lines."
+    lines = ["", f"Where one training step's time goes (batch {p['batch'][0]} x {p['batch'][1]} tokens, {p['trained_positions']} trained "
+             f"positions, adapters on {p['adapted_blocks']} of {p['blocks']} blocks; each part timed alone at these shapes, forward and "
+             f"backward; the step measured whole, compiled: **{p['step_s']:.2f} s**):", "", "| part | ms per step | share of the step |",
+             "| --- | ---: | ---: |"]
+    sub = {k for k in p["parts"] if k.startswith("of which")}
+    for k, s in sorted(((k, s) for k, s in p["parts"].items() if k not in sub), key=lambda kv: -kv[1]):
+        lines.append(f"| {k} | {s * 1e3:.0f} | {s / p['step_s']:.0%} |" if k != "data" else f"| data (building the batch, outside the step) | {s * 1e3:.0f} | – |")
+        lines += [f"| {j} | {p['parts'][j] * 1e3:.0f} | {p['parts'][j] / p['step_s']:.0%} |" for j in sub if k == "attention"]
+    if p["other_s"] >= 0:
+        lines.append(f"| other (adds, reshapes, embedding, scheduling; the rest) | {p['other_s'] * 1e3:.0f} | {p['other_s'] / p['step_s']:.0%} |")
+    else:  # timed alone, each part pays launch and memory costs that the compiled step shares or overlaps
+        lines += ["", f"Timed alone, the parts add up to {1 - p['other_s'] / p['step_s']:.0%} of the compiled step: alone, each pays "
+                  "costs that the whole step shares or overlaps, so the shares are upper bounds."]
+    if p.get("compile_s") is not None:
+        lines += ["", f"Tracing and compiling the step for a batch of a new padded length took {p['compile_s']:.2f} s; an epoch of "
+                  f"{p['batches']} batches has {p['distinct_lengths']} distinct padded lengths, so a run compiles up to that many times."]
+    return lines
 
 def markdown(res:dict) -> str:
-    "The benchmark table and its ratios as markdown."
-    m, s, r = res["machine"], res["spec"], res["ratios"]
+    "The benchmark table, its ratios and (if measured) the profile of a step, as markdown."
+    m, s, r, d = res["machine"], res["spec"], res["ratios"], res["dims"]
     fmt = lambda v, f: "–" if v is None else format(v, f)
-    lines = [f"Model: llama-shaped, {res['params'] / 1e6:.1f}M parameters ({s['n_layers']} layers, width {s['hidden_size']}, "
-             f"vocabulary {s['vocab_size']}); LoRA rank {s['lora_rank']} on {s['lora_layers']} layers, all 7 projections; "
-             f"batch {s['batch_size']}, {s['iters']} steps, {s['reps']} alternating repetitions (medians). Data: "
-             f"{res['data']['rows']} chat rows, {res['data']['length_percentiles']['0']}–{res['data']['length_percentiles']['100']} tokens "
-             f"(median {res['data']['length_percentiles']['50']}).",
+    ok = lambda k: "met" if res["targets"].get(k) else "**not met**"
+    what = f"{s['real_model']} (real weights)" if s.get("real_model") else "llama-shaped, random weights"
+    nl = d["n_layers"] if s["lora_layers"] == -1 else s["lora_layers"]
+    lines = [f"Model: {what}, {res['params'] / 1e6:.1f}M parameters ({d['n_layers']} layers, width {d['hidden_size']}, vocabulary "
+             f"{d['vocab_size']}); LoRA rank {s['lora_rank']} on {nl} layers, all 7 projections; batch {s['batch_size']}, {s['iters']} steps, "
+             f"{s['reps']} alternating repetitions (medians). Data: {res['data']['rows']} chat rows, {res['data']['length_percentiles']['0']}–"
+             f"{res['data']['length_percentiles']['100']} tokens (median {res['data']['length_percentiles']['50']}), "
+             f"{res['data'].get('trained_share', 1):.0%} of them answer tokens the loss trains on.",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['system']}; MLX {m['mlx']} ({m['backend']}), "
-             f"mlx-lm {m['mlx_lm']}; matrix-multiply peak {m['matmul_gflops']} GFLOP/s"
-             + (f" ({m['matmul_gflops_bundled_blas']} with MLX's bundled BLAS)." if m.get("matmul_gflops_bundled_blas") else "."), "",
-             "| system | useful tok/s | padding waste | peak memory (GB) | time to first step (s) | final val loss | utilization |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for k in ["finetune", "finetune_plot", "mlx_lm", "mlx_lm_stock"]:
-        if k not in res["systems"]: continue
+             f"mlx-lm {m['mlx_lm']}; float32 matrix-multiply peak {m['matmul_gflops']} GFLOP/s"
+             + (f" ({m['matmul_gflops_bundled_blas']} with MLX's bundled BLAS)" if m.get("matmul_gflops_bundled_blas") else "")
+             + (f"; bfloat16 {m['matmul_gflops_bf16']} GFLOP/s." if m.get("matmul_gflops_bf16") else "."), "",
+             "| system | useful tok/s | padding waste | peak memory (GB) | longest batch (positions) | time to first step (s) | final val loss | utilization |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k in [k for k in ORDER if k in res["systems"]]:
         v = res["systems"][k]
-        lines.append(f"| {_LABELS[k]} | {v['useful_tokens_per_sec']:.0f} | {v['padding_waste']:.1%} | {v['peak_memory_gb']:.2f} | "
+        lines.append(f"| {SYSTEMS[k]} | {v['useful_tokens_per_sec']:.0f} | {v['padding_waste']:.1%} | {v['peak_memory_gb']:.2f} | {fmt(v.get('longest_batch'), '.0f')} | "
                      f"{v['first_step_s']:.1f} | {fmt(v.get('val_loss'), '.3f')} | {v['utilization']:.1%} |")
-    gc = res["grad_checkpoint"]
-    ok = lambda k: "met" if res["targets"][k] else "**not met**"
-    lines += ["", f"- finetune / mlx_lm.lora, useful tokens/s: **{r['speedup']:.2f}x** (target 1.3x: {ok('speedup')})"
-              + (f"; against mlx_lm.lora on MLX's bundled BLAS: **{r['speedup_vs_stock']:.1f}x**" if r.get("speedup_vs_stock") else ""),
-              f"- peak memory, finetune / mlx_lm.lora: {r['peak_memory']:.2f} (target at most 1: {ok('peak_memory')}); "
-              f"final validation loss ratio {r['val_loss']:.3f} (target within 2%: {ok('val_loss')})",
-              f"- gradient checkpointing at {gc['grad_checkpoint_off']['tokens_per_row']:.0f} tokens per row: peak "
-              f"{gc['grad_checkpoint_off']['peak_memory_gb']:.2f} GB -> {gc['grad_checkpoint_on']['peak_memory_gb']:.2f} GB, "
-              f"**{r['grad_checkpoint_cut']:.0%} less** (target 30%: {ok('grad_checkpoint')}), steps "
-              f"{gc['grad_checkpoint_on']['step_s'] / gc['grad_checkpoint_off']['step_s']:.2f}x as long",
-              f"- live plot on: tokens/s {-r['liveplot_cost']:+.1%} against plot off (target: at most 3% lower, {ok('liveplot')}); drawing took "
-              f"{r['liveplot_time_share']:.2%} of the training time; identical finetune runs differ by {r['run_to_run_spread']:.1%}"]
+    lines += ["", f"- finetune / mlx_lm.lora with the length sort fixed, useful tokens/s: **{fmt(r['speedup_vs_fixed'], '.2f')}x** "
+              f"(target {TARGETS['speedup']}x: {ok('speedup')}); against mlx_lm.lora as installed: **{fmt(r['speedup'], '.2f')}x**"
+              + (f"; against it on MLX's bundled BLAS: **{r['speedup_vs_stock']:.1f}x**" if r.get("speedup_vs_stock") else "")
+              + f"; the fix alone makes mlx_lm.lora {fmt(r['fix_gain'], '.2f')}x faster",
+              f"- peak memory, finetune / fixed mlx_lm.lora: {fmt(r['peak_memory_vs_fixed'], '.2f')} (target at most 1: {ok('peak_memory')}); "
+              f"final validation loss ratio {fmt(r['val_loss_vs_fixed'], '.3f')} (target within 2%: {ok('val_loss')})"]
+    if "utilization" in res["targets"]:
+        lines.append(f"- utilization of the float32 matmul peak: {res['systems']['finetune']['utilization']:.1%} (target "
+                     f"{TARGETS['utilization']:.0%}: {ok('utilization')})")
+    if r.get("qlora_step"):
+        pr = res.get("qlora_pair")
+        paired = (f"; timed in turn in one process on the same batches: **{pr['ratio']:.2f}x** (median of {len(pr['ratios'])} steps, "
+                  f"{min(pr['ratios']):.2f}-{max(pr['ratios']):.2f})") if pr else ""
+        lines.append(f"- QLoRA (4-bit base) / LoRA: step time {r['qlora_step']:.2f}x from the runs above{paired}; peak memory "
+                     f"{r['qlora_peak_memory']:.2f}x (target at most {TARGETS['qlora_step']}x the step time and less memory: {ok('qlora')})")
+    if r.get("bf16_speedup"):
+        lines.append(f"- model saved in bfloat16 (batch {s['bf16_batch_size']}, rows up to {s['bf16_max_seq_length']} tokens): finetune "
+                     f"(computing in {res['systems']['finetune_bf16'].get('dtype', '?')}) / mlx_lm.lora (computing in bfloat16): "
+                     f"**{r['bf16_speedup']:.1f}x** (target {TARGETS['bf16_speedup']:.0f}x: {ok('bf16')})")
+    if res["grad_checkpoint"]:
+        gc = res["grad_checkpoint"]
+        lines.append(f"- gradient checkpointing at {gc['grad_checkpoint_off']['tokens_per_row']:.0f} tokens per row: peak "
+                     f"{gc['grad_checkpoint_off']['peak_memory_gb']:.2f} GB -> {gc['grad_checkpoint_on']['peak_memory_gb']:.2f} GB, "
+                     f"**{r['grad_checkpoint_cut']:.0%} less** (target 30%: {ok('grad_checkpoint')}), steps "
+                     f"{gc['grad_checkpoint_on']['step_s'] / gc['grad_checkpoint_off']['step_s']:.2f}x as long")
+    if "liveplot_cost" in r:
+        lines.append(f"- live plot on: tokens/s {-r['liveplot_cost']:+.1%} against plot off (target: at most 3% lower, {ok('liveplot')}); drawing "
+                     f"took {r['liveplot_time_share']:.2%} of the training time")
+    if r.get("run_to_run_spread") is not None: lines.append(f"- identical finetune runs differ by {r['run_to_run_spread']:.1%}")
+    if res.get("profile"): lines += _profile_md(res["profile"])
     return "\n".join(lines) + "\n"
 
 def chart(res:dict, path):
@@ -381,35 +660,40 @@ def chart(res:dict, path):
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    names = [k for k in ["finetune", "finetune_plot", "mlx_lm", "mlx_lm_stock"] if k in res["systems"]]
-    labels = [_LABELS[k].replace(", ", "\n") for k in names]
-    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
+    names = [k for k in ORDER if k in res["systems"]]
+    labels = [SYSTEMS[k].replace(", ", "\n") for k in names]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.6))
     for i, k in enumerate(names):
         reps = [r["useful_tokens_per_sec"] for r in res["systems"][k]["reps"]]
         ax[0].bar(i, res["systems"][k]["useful_tokens_per_sec"], color=f"C{i}")
         ax[0].plot([i] * len(reps), reps, "k.", ms=4)
         ax[1].bar(i, res["systems"][k]["peak_memory_gb"], color=f"C{i}")
     for a, t in [(ax[0], "useful tokens / s (median, dots: runs)"), (ax[1], "peak memory (GB)")]:
-        a.set_xticks(range(len(names)), labels, fontsize=8); a.set_title(t)
+        a.set_xticks(range(len(names)), labels, fontsize=7, rotation=30, ha="right"); a.set_title(t)
     for i, k in enumerate(names):
         curve = res["systems"][k].get("loss_curve")
-        if curve: ax[2].plot([c[0] for c in curve], [c[1] for c in curve], color=f"C{i}", label=_LABELS[k])
-    ax[2].set_xlabel("seconds since process start"); ax[2].set_title("training loss"); ax[2].legend(fontsize=8)
+        if curve and not k.endswith(("_bf16", "_stock")): ax[2].plot([c[0] for c in curve], [c[1] for c in curve], color=f"C{i}", label=SYSTEMS[k])
+    ax[2].set_xlabel("seconds since process start"); ax[2].set_title("training loss"); ax[2].legend(fontsize=7)
     fig.tight_layout(); fig.savefig(path, dpi=80); plt.close(fig)
 
 # %% ../nbs/15_bench.ipynb #05c62877
-def main(argv=None):
-    "Command line: `python scripts/benchmark.py [--quick] [--out DIR] [--reps N] [--iters N]`."
+def main(argv=None) -> dict:
+    "Command line: `python scripts/benchmark.py [--quick] [--workload synthetic|real|all] [--out DIR] [--reps N] [--iters N]`; results by workload."
     import argparse
     p = argparse.ArgumentParser(description="finetune vs mlx_lm.lora on the same model, data and settings.")
-    p.add_argument("--quick", action="store_true", help="Small model and few steps (what CI runs, about a minute).")
-    p.add_argument("--out", default="bench-results", help="Folder for results.json, results.md, results.png and the runs.")
+    p.add_argument("--quick", action="store_true", help="Small made-up model and few steps (what CI runs, about a minute).")
+    p.add_argument("--workload", choices=["synthetic", "real", "all"], default=None,
+                   help="The made-up 28M model, the real SmolLM2-135M-Instruct, or both (default: both; synthetic with --quick).")
+    p.add_argument("--out", default="bench-results", help="Folder for OUT/<workload>/results.json, results.md, results.png and the runs.")
     p.add_argument("--reps", type=int, help="Alternating repetitions per system.")
     p.add_argument("--iters", type=int, help="Training steps per run.")
     p.add_argument("--workdir", help="Where the model and data are built (default: OUT/work).")
     a = p.parse_args(argv)
-    spec = QUICK if a.quick else BenchSpec()
-    spec = dataclasses.replace(spec, **{k: v for k, v in dict(reps=a.reps, iters=a.iters).items() if v})
-    res = run_benchmark(a.out, spec, a.workdir)
-    print(markdown(res))
+    names = ["synthetic"] if a.quick and a.workload in (None, "synthetic") else ["synthetic", "real"] if a.workload in (None, "all") else [a.workload]
+    res = {}
+    for name in names:
+        spec = QUICK if a.quick and name == "synthetic" else WORKLOADS[name]
+        spec = dataclasses.replace(spec, **{k: v for k, v in dict(reps=a.reps, iters=a.iters).items() if v})
+        res[name] = run_benchmark(Path(a.out)/name, spec, a.workdir or Path(a.out)/"work")
+        print(markdown(res[name]))
     return res
