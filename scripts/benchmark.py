@@ -4,11 +4,17 @@
     python scripts/benchmark.py                    # both workloads: the made-up 28M model, and the real SmolLM2-135M-Instruct
     python scripts/benchmark.py --workload real    # one of them
     python scripts/benchmark.py --quick            # a small made-up model in about a minute (CI)
+    python scripts/benchmark.py --serve            # serving instead: ft serve against mlx_lm.server and llama.cpp (finetune.servebench)
 
 Each workload writes OUT/<workload>/results.json, results.md and results.png (OUT: --out, default bench-results).
 The harness lives in `finetune.bench` (nbs/15_bench.ipynb); `ft bench` runs the same thing."""
+import sys
 import finetune  # noqa: F401  (loads the fast BLAS before MLX)
 from finetune.bench import main
 
 if __name__ == "__main__":
-    main()
+    args = sys.argv[1:]
+    if "--serve" in args:
+        from finetune.servebench import main as serve_main
+        serve_main([a for a in args if a != "--serve"])
+    else: main(args)
