@@ -61,6 +61,7 @@ docs: setup
 	$(BIN)/python scripts/make_docs.py
 	$(BIN)/python scripts/check_links.py
 
-# The side-by-side benchmark against mlx_lm.lora (about 20 minutes on two cores; `--quick` for a minute).
+# The side-by-side benchmark against mlx_lm.lora, both workloads (about 45 minutes on two cores: 30 for the real model; `--quick`
+# for a minute). `scripts/benchmark.py --serve` (or `ft bench --serve`) is the serving one.
 bench: setup
 	$(BIN)/python scripts/benchmark.py --out bench-results
