@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 from .errors import DataError
 from .config import TrainConfig
-from .batching import Batch, batch_loss, token_losses
+from .batching import Batch, batch_loss, make_batch, token_losses
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
@@ -127,6 +127,9 @@ class Objective:
     def prepare(self, model, batch:Batch, source=None) -> Batch:
         "The batch (from dataset `source`) with what the loss needs and must not differentiate (nothing, here)."
         return batch
+    def precompute(self, model, ds, batch_size:int, max_seq_length:int, rank:int=0, world_size:int=1, stop=None) -> int:
+        "Compute for every item of `ds`, before training, what `prepare` would compute batch by batch; the number of items (none, here)."
+        return 0
     def loss(self, model, batch:Batch) -> tuple:
         "(mean loss, weight, {metric: sum over the weight})"
         raise NotImplementedError
@@ -145,12 +148,36 @@ class Preference(Objective):
     reference, nll_weight = None, 0.0  # weight of the chosen responses' cross-entropy added to each pair's loss (RPO)
     def setup(self, model, fresh_adapters:bool=False):
         if self.uses_reference: self.reference, self._cache = Reference(model, fresh_adapters), {}
+    def _cached(self, source) -> dict:
+        "The reference log-probabilities (chosen, rejected) known so far for the pairs of `source`, by item."
+        return {} if source is None else self._cache.setdefault(id(source), (source, {}))[1]
+    def _reference_logps(self, model, batch:Batch) -> np.ndarray:
+        "The reference's summed log-probabilities of the sequences in `batch`, without gradients."
+        with self.reference(model): return np.array(sequence_logps(model, batch)[0])
+    def precompute(self, model, ds, batch_size:int, max_seq_length:int, rank:int=0, world_size:int=1, stop=None) -> int:
+        "Fill the reference log-probabilities of the pairs of `ds` before training (how many), in batches of similar length, each process a share."
+        if not self.uses_reference or ds is None or not len(ds): return 0
+        if self.reference is None: self.setup(model)
+        cache = self._cached(ds)
+        todo = [i for i in np.argsort(ds.lengths, kind="stable").tolist() if i not in cache]  # shortest first: little padding
+        if not todo: return 0
+        out, mine, n = np.zeros((len(ds), 2), np.float32), todo[rank::world_size], len(cache)
+        for k in range(0, len(mine), batch_size):
+            if stop is not None and world_size == 1 and stop(): break  # the rest comes lazily, batch by batch
+            rows = mine[k:k + batch_size]
+            lp = self._reference_logps(model, make_batch(ds, [[i] for i in rows], max_seq_length))
+            out[rows, 0], out[rows, 1] = lp[:len(rows)], lp[len(rows):]
+            if world_size == 1: cache.update({i: (out[i, 0], out[i, 1]) for i in rows})
+        if world_size > 1:  # every process computed a share: summing the zero-filled tables gives each the whole
+            out = np.array(mx.distributed.all_sum(mx.array(out)))
+            cache.update({i: (out[i, 0], out[i, 1]) for i in todo})
+        return len(cache) - n
     def prepare(self, model, batch:Batch, source=None) -> Batch:
         if not self.uses_reference: return batch
         if self.reference is None: self.setup(model)  # used outside a trainer: the weights of now are the reference
-        cache, P = ({} if source is None else self._cache.setdefault(id(source), (source, {}))[1]), len(batch.items)
+        cache, P = self._cached(source), len(batch.items)
         if not all(i in cache for i in batch.items):
-            with self.reference(model): lp = np.array(sequence_logps(model, batch)[0])
+            lp = self._reference_logps(model, batch)
             cache.update({i: (lp[j], lp[P + j]) for j, i in enumerate(batch.items)})
         ref = [cache[i][0] for i in batch.items] + [cache[i][1] for i in batch.items]
         return dataclasses.replace(batch, ref_logps=mx.array(np.array(ref, np.float32)))
@@ -165,9 +192,10 @@ class Preference(Objective):
         if self.per_token: lp, ref = lp / n, ref / n
         losses, cr, rr = self.pair_losses(lp[:P], lp[P:], ref[:P], ref[P:])
         if self.nll_weight: losses = losses + self.nll_weight * nll
-        m = cr - rr
+        m, h = cr - rr, (lp[:P] - lp[P:]) - (ref[:P] - ref[P:])  # h: how much more than the reference the policy prefers chosen
+        tie = mx.abs(h) <= 1e-5 * (mx.abs(lp[:P]) + mx.abs(lp[P:]) + mx.abs(ref[:P]) + mx.abs(ref[P:]))  # within float rounding
         return losses.mean(), P, {"rewards_chosen": cr.sum(), "rewards_rejected": rr.sum(), "margin": m.sum(),
-                                  "accuracy": (m > 0).sum() + 0.5 * (m == 0).sum()}
+                                  "accuracy": ((m > 0) & ~tie).sum() + 0.5 * tie.sum()}
 
 # %% ../nbs/04c_objectives.ipynb #02acdfa9
 class DPO(Preference):

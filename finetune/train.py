@@ -296,13 +296,22 @@ def _with_events(self:Trainer, f, name:str, exc):
     except exc as e: self("after_cancel", scope=name, reason=str(e) or type(e).__name__)
 
 @patch
+def _reference_pass(self:Trainer) -> int:
+    "How many training pairs the objective computes reference log-probabilities for before the first step."
+    return len(self.train_data) if getattr(self.objective, "uses_reference", False) else 0
+
+@patch
 def fit(self:Trainer, resume=None) -> dict:
     "Train (or resume) to the end; return the history."
+    c = self.config
     self._setup(resume)
     if self.rank == 0:
         with disk_errors(self.files.config, "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.files.config)
     self("before_fit", total_steps=self.total_steps, run_dir=str(self.run_dir), resumed_from=self.resumed_from, history=self.history_at_start,
-         params=count_parameters(self.model), dtype=describe_dtype(self.model))
+         params=count_parameters(self.model), dtype=describe_dtype(self.model), reference_pairs=self._reference_pass())
+    tic = time.perf_counter()  # what the objective computes once, before the first step (DPO's reference log-probabilities)
+    self.reference_time = round(time.perf_counter() - tic, 3) if self.objective.precompute(
+        self.model, self.train_data, c.batch_size, c.max_seq_length, self.rank, self.world_size, self._stop.is_set) else 0.0
     try:
         while self.step < self.total_steps: self._with_events(self._one_epoch, "epoch", CancelEpochException)
     except CancelFitException as e:
@@ -311,7 +320,7 @@ def fit(self:Trainer, resume=None) -> dict:
     except TrainingError as e:
         self("after_cancel", scope="fit", reason=e.message); raise
     self._finish()
-    self("after_fit", run_dir=str(self.run_dir), stopped=self.stopped, total_steps=self.total_steps)
+    self("after_fit", run_dir=str(self.run_dir), stopped=self.stopped, total_steps=self.total_steps, reference_time=self.reference_time)
     return self.history
 
 # %% ../nbs/05_train.ipynb #c45fca65

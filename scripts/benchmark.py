@@ -5,6 +5,7 @@
     python scripts/benchmark.py --workload real    # one of them
     python scripts/benchmark.py --quick            # a small made-up model in about a minute (CI)
     python scripts/benchmark.py --serve            # serving instead: ft serve against mlx_lm.server and llama.cpp (finetune.servebench)
+    python scripts/benchmark.py --preference       # a DPO step against an SFT step and mlx-lm-lora's (scripts/preference_speed.py)
 
 Each workload writes OUT/<workload>/results.json, results.md and results.png (OUT: --out, default bench-results).
 The harness lives in `finetune.bench` (nbs/15_bench.ipynb); `ft bench` runs the same thing."""
@@ -17,4 +18,7 @@ if __name__ == "__main__":
     if "--serve" in args:
         from finetune.servebench import main as serve_main
         serve_main([a for a in args if a != "--serve"])
+    elif "--preference" in args:
+        from preference_speed import cli  # beside this script
+        cli([a for a in args if a != "--preference"])
     else: main(args)

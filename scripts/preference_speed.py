@@ -5,13 +5,18 @@ machine's load weighs on each alike; the median time of each is reported with it
 
   sft-chosen   SFT on the chosen responses (what an SFT run on this data trains on)
   sft-both     SFT on both responses (the same tokens as a preference step)
-  dpo          DPO: both responses in one padded batch, the reference log-probabilities computed without gradients
-  dpo-cached   DPO once the reference log-probabilities of these pairs are cached (every epoch after the first)
+  dpo          DPO's step as the trainer runs it: both responses in one padded batch, the reference log-probabilities
+               computed before training (`Preference.precompute`)
+  reference    that pass over these pairs, without gradients (once per run; `dpo+reference` is the two together, what a
+               step of a one-epoch run costs)
+  dpo-lazy     DPO with the reference log-probabilities computed inside the step instead (what every first-epoch step
+               cost before the pass existed)
   orpo, simpo  reference-free
   mlx-lm-lora  mlx-lm-lora's DPO step (its loss functions, step and second reference model, as its train_dpo builds them),
                when the package is importable (`pip install mlx-lm-lora`, or its wheel on PYTHONPATH)
 
-Usage: python scripts/preference_speed.py [--model smollm2-135m] [--rounds 5] [--batch 4]"""
+Usage: python scripts/preference_speed.py [--model smollm2-135m] [--rounds 5] [--batch 4] [--out FILE]
+(or python scripts/benchmark.py --preference ...)"""
 import argparse, json, statistics, time
 from pathlib import Path
 import finetune  # noqa: F401  (loads the BLAS before mlx)
@@ -37,6 +42,7 @@ def main(model="smollm2-135m", rounds=5, batch=4, seq=64, out=None):
     both = TokenizedDataset.from_lists([(s.tokens, s.mask) for i in range(batch) for s in pairs.sequences(i)])
     def stepper(obj, ds, rows, source):
         obj.setup(m, fresh_adapters=True)
+        if source is not None: obj.precompute(m, source, batch, seq)
         micro, update = make_step(m, optim.Adam(learning_rate=1e-5), obj.loss)
         b = make_batch(ds, rows, seq)
         def run():
@@ -44,7 +50,8 @@ def main(model="smollm2-135m", rounds=5, batch=4, seq=64, out=None):
             mx.eval(m.parameters(), out)
         return run
     kinds = {"sft-chosen": stepper(SFT(), chosen, rows, None), "sft-both": stepper(SFT(), both, [[i] for i in range(2 * batch)], None),
-             "dpo": stepper(make_objective(cfg), pairs, rows, None), "dpo-cached": stepper(make_objective(cfg), pairs, rows, pairs),
+             "dpo": stepper(make_objective(cfg), pairs, rows, pairs), "reference": reference_pass(make_objective(cfg), m, pairs, batch, seq),
+             "dpo-lazy": stepper(make_objective(cfg), pairs, rows, None),
              "orpo": stepper(make_objective(as_config(cfg, method="orpo")), pairs, rows, None),
              "simpo": stepper(make_objective(as_config(cfg, method="simpo")), pairs, rows, None)}
     if (other := mlx_lm_lora_step(model, pairs, batch, seq)) is not None: kinds["mlx-lm-lora"] = other
@@ -54,6 +61,7 @@ def main(model="smollm2-135m", rounds=5, batch=4, seq=64, out=None):
             t = time.perf_counter(); run()
             if r: times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med["dpo+reference"] = med["dpo"] + med["reference"]
     tokens = sum(len(s.tokens) for i in range(batch) for s in pairs.sequences(i))
     res = dict(model=model, batch_pairs=batch, tokens_per_step=tokens, rounds=rounds,
                seconds={k: round(v, 3) for k, v in med.items()}, tokens_per_sec={k: round(tokens / v) for k, v in med.items() if not k.startswith("sft-chosen")}, ratio_to_sft_chosen={k: round(v / med["sft-chosen"], 2) for k, v in med.items()},
@@ -61,6 +69,16 @@ def main(model="smollm2-135m", rounds=5, batch=4, seq=64, out=None):
     print(json.dumps(res, indent=1))
     if out: Path(out).write_text(json.dumps(res, indent=1))
     return res
+
+
+def reference_pass(obj, m, pairs, batch, seq):
+    "A timed `precompute` of the reference log-probabilities of the first `batch` pairs, from an empty cache each time."
+    sub = type(pairs).from_lists([(s.tokens, s.mask) for i in range(batch) for s in pairs.sequences(i)], pad_id=pairs.pad_id)
+    obj.setup(m, fresh_adapters=True)
+    def run():
+        obj._cache.clear()
+        assert obj.precompute(m, sub, batch, seq) == batch
+    return run
 
 
 def mlx_lm_lora_step(model, pairs, batch, seq):
@@ -97,9 +115,14 @@ def mlx_lm_lora_step(model, pairs, batch, seq):
     return run
 
 
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m"); p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--batch", type=int, default=4); p.add_argument("--seq", type=int, default=64); p.add_argument("--out")
-    a = p.parse_args()
-    main(a.model, a.rounds, a.batch, a.seq, a.out)
+    p.add_argument("--batch", type=int, default=4, help="pairs per step"); p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--out", help="also write the results (JSON) here")
+    a = p.parse_args(argv)
+    return main(a.model, a.rounds, a.batch, a.seq, a.out)
+
+
+if __name__ == "__main__": cli()

@@ -230,9 +230,11 @@ def test_serve(work, run):
 
 
 def test_benchmark_script_runs_both_benchmarks():
-    "scripts/benchmark.py is the training benchmark, and with --serve the serving one (their command lines, not their runs)."
+    "scripts/benchmark.py is the training benchmark, with --serve the serving one, with --preference DPO's (their command lines)."
     script = str(Path(__file__).resolve().parent.parent/"scripts"/"benchmark.py")
     train = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=300)
     serve = subprocess.run([sys.executable, script, "--serve", "--help"], capture_output=True, text=True, timeout=300)
     assert train.returncode == 0 and "--workload" in train.stdout and "mlx_lm.lora" in train.stdout, train.stderr
     assert serve.returncode == 0 and "mlx_lm.server" in serve.stdout and "--held-out" in serve.stdout, serve.stderr
+    pref = subprocess.run([sys.executable, script, "--preference", "--help"], capture_output=True, text=True, timeout=300)
+    assert pref.returncode == 0 and "mlx-lm-lora" in pref.stdout and "--batch" in pref.stdout, pref.stderr
