@@ -450,6 +450,10 @@ class PreferenceDataset(TokenizedDataset):
         if i < 0: i += len(self)
         if not 0 <= i < len(self): raise IndexError(i)
         return Pair(*self.sequences(i))
+    def side(self, k:int=0) -> TokenizedDataset:
+        "One response of every pair (0: chosen, 1: rejected) as single examples, e.g. to measure the loss of the chosen answers."
+        return TokenizedDataset.from_lists([(ex.tokens, ex.mask) for i in range(len(self)) for ex in self.sequences(i)[k:k + 1]],
+                                           self.stats, self.pad_id)
 
 # %% ../nbs/04_data.ipynb #1e63b9cb
 def tokenize_rows(rows, fmt:str, tokenizer, template:str, train_on:str, max_seq_length:int, where:str="dataset") -> TokenizedDataset:

@@ -10,18 +10,21 @@ import json, math, re, string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from .batching import batch_loss, iterate_batches
+import numpy as np
+from .batching import batch_loss, iterate_batches, make_batch
 from .config import TrainConfig
 from .data import detect_format, load_rows, normalize, resolve_template
 from .errors import DataError
 from .generate import generate_batch
 from .models import load_adapters, load_model
+from .objectives import make_objective, sequence_logps
 import mlx.core as mx
 from .files import RunDir
 
 # %% auto #0
-__all__ = ['METRICS', 'dataset_loss', 'data_loss', 'normalize_answer', 'exact_match', 'contains', 'token_f1', 'examples_from',
-           'answer_scores', 'Comparison', 'compare', 'held_out', 'evaluate_run']
+__all__ = ['METRICS', 'dataset_loss', 'data_loss', 'pair_logps', 'preference_scores', 'normalize_answer', 'exact_match',
+           'contains', 'token_f1', 'examples_from', 'answer_scores', 'Comparison', 'compare', 'held_out',
+           'evaluate_run']
 
 # %% ../nbs/09_evaluate.ipynb #845233fd
 def dataset_loss(model, ds,                 # A model; a `TokenizedDataset`
@@ -50,6 +53,30 @@ def data_loss(model, tokenizer, source, config:TrainConfig|None=None, batch_size
     c = config or TrainConfig(model="")
     ds = tokenize_source(source, c, tokenizer, split="test", quiet=True)
     return dataset_loss(model, ds, batch_size or c.batch_size, c.max_seq_length, num_batches)
+
+# %% ../nbs/09_evaluate.ipynb #4268d12d
+def pair_logps(model, ds, batch_size:int=4, max_seq_length:int=2048) -> tuple[np.ndarray, np.ndarray]:
+    "The summed log-probabilities of the chosen and rejected responses of every pair of `ds` and their token counts: [pairs, 2] each."
+    training = model.training
+    model.eval()
+    lp, n = np.zeros((len(ds), 2), np.float32), np.zeros((len(ds), 2), np.float32)
+    try:
+        for k in range(0, len(ds), batch_size):
+            rows = list(range(k, min(k + batch_size, len(ds))))
+            a, b = sequence_logps(model, make_batch(ds, [[i] for i in rows], max_seq_length))
+            a, b, P = np.array(a), np.array(b), len(rows)
+            lp[rows], n[rows] = np.stack([a[:P], a[P:]], 1), np.stack([b[:P], b[P:]], 1)
+    finally: model.train(training)
+    return lp, n
+
+def preference_scores(objective, lp:np.ndarray, n:np.ndarray, ref:np.ndarray|None=None) -> dict:
+    "`objective`'s mean loss, accuracy and margin on pairs with log-probabilities `lp` (token counts `n`) against `ref`, and `prefers_chosen`."
+    flat = lambda a: mx.array(np.concatenate([a[:, 0], a[:, 1]]))  # noqa: E731  (both sides, the chosen first)
+    losses, m = objective.scores(flat(lp), flat(n), None if ref is None else flat(ref))
+    per = lp[:, 0] / np.maximum(n[:, 0], 1) - lp[:, 1] / np.maximum(n[:, 1], 1)
+    P = max(len(lp), 1)
+    return dict(pref_loss=losses.mean().item(), pref_accuracy=m["accuracy"].item() / P, pref_margin=m["margin"].item() / P,
+                prefers_chosen=float(((per > 0) + 0.5 * (per == 0)).mean()) if len(lp) else 0.0)
 
 # %% ../nbs/09_evaluate.ipynb #ea10c0a3
 def normalize_answer(s:str) -> str:
@@ -179,7 +206,7 @@ def evaluate_run(run_dir,                     # A run directory (config.yaml, ad
                  base:str|None=None,          # Base model (default: the config's)
                  save:bool=True,              # Write run_dir/evaluation.json
                 ) -> Comparison:
-    "Base against tuned on a run's held-out data: loss, perplexity and answer metrics, saved beside the run."
+    "Base against tuned on a run's held-out data: loss, perplexity and answer metrics (and for preference pairs `preference_scores`), saved beside the run."
     run = Path(run_dir)
     if not RunDir(run).config.exists(): raise DataError(f"'{run}' has no {RunDir.CONFIG}.", hint="Pass a run directory written by finetune's Trainer.")
     cfg = TrainConfig.from_yaml(RunDir(run).config)
@@ -189,14 +216,19 @@ def evaluate_run(run_dir,                     # A run directory (config.yaml, ad
     model, tok = load_model(base or cfg.model, quantize_bits=cfg.quantize_bits)
     from finetune.data import tokenize_source
     ds = tokenize_source(source, cfg, tok, split="test", quiet=True)
+    pairs = ds if getattr(ds, "sides", 1) == 2 else None  # a preference run: its loss is the chosen answers', plus the pair scores
     examples, fmt = examples_from(source, cfg.data_format, cfg.columns, limit)
     kw = dict(max_tokens=max_tokens, template=cfg.template, fmt=fmt)
-    res = {}
+    res, base_lp = {}, None
     for name in ("base", "tuned"):
         if name == "tuned": load_adapters(model, run)
-        loss = dataset_loss(model, ds, cfg.batch_size, cfg.max_seq_length)
+        loss = dataset_loss(model, ds if pairs is None else pairs.side(0), cfg.batch_size, cfg.max_seq_length)
         summary, per = answer_scores(model, tok, examples, **kw)
         res[name] = ({**summary, "loss": loss["loss"], "perplexity": loss["perplexity"]}, per)
+        if pairs is not None:
+            lp, n = pair_logps(model, pairs, cfg.batch_size, cfg.max_seq_length)
+            base_lp = lp if base_lp is None else base_lp
+            res[name][0].update(preference_scores(make_objective(cfg), lp, n, base_lp))
     rows = [dict(prompt=_prompt_text(e["messages"]), reference=e["reference"], base=res["base"][1][i], tuned=res["tuned"][1][i])
             for i, e in enumerate(examples)]
     out = Comparison(["base", "tuned"], {k: v[0] for k, v in res.items()}, rows,

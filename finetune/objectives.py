@@ -186,16 +186,20 @@ class Preference(Objective):
         raise NotImplementedError
     def loss(self, model, batch:Batch) -> tuple:
         lp, n = sequence_logps(model, batch)
+        losses, metrics = self.scores(lp, n, batch.ref_logps if self.uses_reference else None)
+        return losses.mean(), lp.shape[0] // 2, metrics
+    def scores(self, lp:mx.array, n:mx.array, ref:mx.array|None=None) -> tuple:
+        "Per-pair losses and the metrics summed over pairs, from the summed log-probabilities `lp` of both sides [2P], their token counts and the reference's."
         P = lp.shape[0] // 2
         nll = -lp[:P] / n[:P]  # the chosen responses' cross-entropy per token
-        ref = batch.ref_logps if self.uses_reference else mx.zeros_like(lp)
+        ref = mx.zeros_like(lp) if ref is None or not self.uses_reference else ref
         if self.per_token: lp, ref = lp / n, ref / n
         losses, cr, rr = self.pair_losses(lp[:P], lp[P:], ref[:P], ref[P:])
         if self.nll_weight: losses = losses + self.nll_weight * nll
         m, h = cr - rr, (lp[:P] - lp[P:]) - (ref[:P] - ref[P:])  # h: how much more than the reference the policy prefers chosen
         tie = mx.abs(h) <= 1e-5 * (mx.abs(lp[:P]) + mx.abs(lp[P:]) + mx.abs(ref[:P]) + mx.abs(ref[P:]))  # within float rounding
-        return losses.mean(), P, {"rewards_chosen": cr.sum(), "rewards_rejected": rr.sum(), "margin": m.sum(),
-                                  "accuracy": ((m > 0) & ~tie).sum() + 0.5 * tie.sum()}
+        return losses, {"rewards_chosen": cr.sum(), "rewards_rejected": rr.sum(), "margin": m.sum(),
+                        "accuracy": ((m > 0) & ~tie).sum() + 0.5 * tie.sum()}
 
 # %% ../nbs/04c_objectives.ipynb #02acdfa9
 class DPO(Preference):

@@ -138,7 +138,7 @@ def check_field(name:str, value, source:str="form"):
     return v
 
 # %% ../nbs/07_widgets.ipynb #ec47c70d
-ESSENTIALS = ("model", "data", "fine_tune_type", "lora_rank", "learning_rate", "batch_size", "iters", "epochs", "max_seq_length",
+ESSENTIALS = ("model", "data", "method", "fine_tune_type", "lora_rank", "learning_rate", "batch_size", "iters", "epochs", "max_seq_length",
               "eval_every", "output_dir")
 
 _LORA = ("lora_rank", "lora_alpha", "lora_dropout", "lora_layers", "lora_modules")
@@ -147,7 +147,11 @@ RELEVANT = {**{n: lambda v: v("fine_tune_type") != "full" for n in _LORA},   # w
             "iters": lambda v: not v("epochs"),
             "warmup_ratio": lambda v: not v("warmup_steps"),
             "min_lr_ratio": lambda v: v("lr_schedule") != "constant",
-            "weight_decay": lambda v: v("optimizer") in ("adamw", "sgd")}
+            "weight_decay": lambda v: v("optimizer") in ("adamw", "sgd"),
+            # a preference method's options, shown for the methods that use them
+            "beta": lambda v: v("method") in ("dpo", "kto", "simpo"), "nll_weight": lambda v: v("method") in ("dpo", "kto", "simpo"),
+            "dpo_loss": lambda v: v("method") == "dpo", "label_smoothing": lambda v: v("method") in ("dpo", "simpo"),
+            "simpo_gamma": lambda v: v("method") == "simpo", "orpo_weight": lambda v: v("method") == "orpo"}
 
 def _tab_of(name:str) -> str: return "essentials" if name in ESSENTIALS else _FIELDS[name].metadata["group"]
 TABS = ("essentials", *GROUPS)

@@ -214,3 +214,16 @@ def test_ft_train_and_the_jobs_api_take_the_method(env, tmp_path):
     with pytest.raises(ConfigError, match="must be one of"): job_config({"method": "ppo"}, roots)
     with pytest.raises(ConfigError, match="Label smoothing belongs to the sigmoid loss"):
         job_config({"method": "dpo", "dpo_loss": "ipo", "label_smoothing": 0.1}, roots)
+
+
+def test_evaluate_run_scores_the_held_out_pairs(env, reference):
+    "`evaluate_run` on a DPO run: the loss of the chosen answers, and the run's own preference metrics against the base."
+    from finetune.evaluate import dataset_loss, evaluate_run
+    ev = evaluate_run(reference.run_dir, limit=2, max_tokens=4, save=False)
+    base, tuned, last = ev.summary["base"], ev.summary["tuned"], reference.history["val"][-1]
+    assert (base["pref_accuracy"], base["pref_margin"]) == (0.5, 0.0) and abs(base["pref_loss"] - math.log(2)) < 1e-5, base
+    assert abs(tuned["pref_accuracy"] - last["val_accuracy"]) < 1e-6 and abs(tuned["pref_margin"] - last["val_margin"]) < 1e-3, (tuned, last)
+    assert abs(tuned["pref_loss"] - last["val_loss"]) < 1e-3 and tuned["prefers_chosen"] == 1.0, (tuned, base)
+    valid = reference.valid_data.side(0)  # the chosen answers alone
+    assert abs(tuned["loss"] - dataset_loss(reference.model, valid, 4, 64)["loss"]) < 1e-4
+    assert len(ev.examples) == 2 and ev.examples[0]["reference"].startswith("The answer is")
