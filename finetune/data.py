@@ -6,7 +6,7 @@ Docs: https://finetune-dev.github.io/finetune/data.html.md"""
 
 # %% ../nbs/04_data.ipynb #5a6e1305
 from __future__ import annotations
-import hashlib, json, os, random, shutil, sys
+import hashlib, json, os, random, re, shutil, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -256,18 +256,32 @@ def _same(a:list, b:list) -> bool: return [(m["role"], m["content"]) for m in a]
 
 # %% ../nbs/04_data.ipynb #fda49518
 def _context(row:dict, where:str) -> list:
-    "The conversation before the responses: `prompt` (string or turns), else `messages`, with `system` in front."
+    "The conversation before the responses: `prompt` (string or turns), else `messages`, else `question`, `query` or `instruction` (and `input`); `system` in front."
     p, m, s = row.get("prompt"), row.get("messages"), row.get("system")
+    if not (isinstance(p, list) or (isinstance(p, str) and p.strip())) and not isinstance(m, list):  # the prompt under another common name
+        p = next((row[k] for k in ("question", "query") if isinstance(row.get(k), str) and row[k].strip()), None)
+        if p is None and isinstance(row.get("instruction"), str) and row["instruction"].strip():
+            p = row["instruction"] + (f"\n\n{row['input']}" if isinstance(row.get("input"), str) and row["input"].strip() else "")
     if isinstance(p, str) and p.strip(): ctx = [{"role": "user", "content": p}]
     elif isinstance(p, list): ctx = _turns(p, where, "prompt")
     else: ctx = _turns(m, where, "messages") if isinstance(m, list) else []
     if isinstance(s, str) and s.strip() and not (ctx and ctx[0]["role"] == "system"): ctx = [{"role": "system", "content": s}] + ctx
     return ctx
 
+_SPEAKER = re.compile(r"\n\n(Human|Assistant): ?")
+
+def _transcript(s) -> list|None:
+    "The turns of a transcript in Anthropic HH's layout ('\\n\\nHuman: ...\\n\\nAssistant: ...'), or None if `s` is not one."
+    if not isinstance(s, str): return None
+    parts = _SPEAKER.split("\n\n" + s.lstrip("\n"))
+    if len(parts) < 5 or parts[0].strip() or parts[1] != "Human" or parts[-2] != "Assistant": return None
+    return [{"role": "user" if who == "Human" else "assistant", "content": text.strip()} for who, text in zip(parts[1::2], parts[2::2])]
+
 def normalize_pair(row:dict, where:str="row") -> dict:
     "A preference row in the internal form: {'prompt': [turns], 'chosen': [turns], 'rejected': [turns], 'tools': ...}."
     ctx = _context(row, where)
     ch, rj = _turns(row.get("chosen"), where, "chosen"), _turns(row.get("rejected"), where, "rejected")
+    if not ctx and (t := _transcript(row.get("chosen"))) and (u := _transcript(row.get("rejected"))): ch, rj = t, u  # the prompt is their shared start
     if ctx and ctx[-1]["role"] == "assistant" and ch and _same(ctx[-1:], ch[-1:]): ctx = ctx[:-1]  # `messages` that end in the chosen reply
     k = 0  # leading turns both responses repeat: the conversation so far (each keeps at least one turn)
     while k < min(len(ch), len(rj)) - 1 and _same(ch[k:k+1], rj[k:k+1]): k += 1

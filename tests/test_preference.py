@@ -227,3 +227,27 @@ def test_evaluate_run_scores_the_held_out_pairs(env, reference):
     valid = reference.valid_data.side(0)  # the chosen answers alone
     assert abs(tuned["loss"] - dataset_loss(reference.model, valid, 4, 64)["loss"]) < 1e-4
     assert len(ev.examples) == 2 and ev.examples[0]["reference"].startswith("The answer is")
+
+
+@pytest.mark.parametrize("layout", ["hh", "orca", "instruction"])
+def test_common_hub_layouts_train(env, tmp_path, layout):
+    "Anthropic HH transcripts, Orca's system/question and instruction/input columns: pairs whose trained tokens are the replies."
+    from finetune.data import prepare_data
+    from finetune.models import load_model
+    def row(i):
+        q, good, bad = f"What is {WORDS[i % 13]} plus {WORDS[(i * 5) % 13]}?", f"The answer is {WORDS[(i * 3) % 13]}.", "I do not know."
+        if layout == "hh": return {"chosen": f"\n\nHuman: {q}\n\nAssistant: {good}", "rejected": f"\n\nHuman: {q}\n\nAssistant: {bad}"}
+        if layout == "orca": return {"system": "Answer briefly.", "question": q, "chosen": good, "rejected": bad}
+        return {"instruction": q, "input": "", "chosen": good, "rejected": bad}
+    d = tmp_path/layout; d.mkdir()
+    (d/"train.jsonl").write_text("".join(json.dumps(row(i)) + "\n" for i in range(12)))
+    _, tok = load_model(str(env["model"]))
+    c = cfg(env, data=str(d), run_name=f"layout-{layout}", iters=4, eval_every=100, save_every=100)
+    data = prepare_data(c, tok, quiet=True)
+    pairs = data.train
+    assert len(pairs) + len(data.valid or []) == 12 and pairs.sides == 2
+    trained = lambda ex: tok.decode([t for t, m in zip(ex.tokens, ex.mask) if m])  # noqa: E731
+    assert trained(pairs[0].chosen).startswith("The answer is") and trained(pairs[0].rejected).startswith("I do not know.")
+    assert "What is" in tok.decode(pairs[0].chosen.tokens) and "Human:" not in tok.decode(pairs[0].chosen.tokens)
+    h = Trainer(c, data=data, callbacks=QUIET()).fit()
+    assert losses(h)[-1] < losses(h)[0]
