@@ -20,6 +20,7 @@ from .checkpoint import (disk_errors, find_checkpoint, list_checkpoints, load_ch
                                  save_checkpoint)
 from .models import attach_adapters, count_parameters, describe_dtype, load_model, save_adapters as write_adapters
 from .data import prepare_data
+from .kernels import fast_kernels
 from .batching import batch_loss, iterate_batches, num_batches, split_head
 
 # %% auto #0
@@ -309,17 +310,18 @@ def fit(self:Trainer, resume=None) -> dict:
         with disk_errors(self.files.config, "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.files.config)
     self("before_fit", total_steps=self.total_steps, run_dir=str(self.run_dir), resumed_from=self.resumed_from, history=self.history_at_start,
          params=count_parameters(self.model), dtype=describe_dtype(self.model), reference_pairs=self._reference_pass())
-    tic = time.perf_counter()  # what the objective computes once, before the first step (DPO's reference log-probabilities)
-    self.reference_time = round(time.perf_counter() - tic, 3) if self.objective.precompute(
-        self.model, self.train_data, c.batch_size, c.max_seq_length, self.rank, self.world_size, self._stop.is_set) else 0.0
-    try:
-        while self.step < self.total_steps: self._with_events(self._one_epoch, "epoch", CancelEpochException)
-    except CancelFitException as e:
-        self.stopped = str(e) or "cancelled"
-        self("after_cancel", scope="fit", reason=self.stopped)
-    except TrainingError as e:
-        self("after_cancel", scope="fit", reason=e.message); raise
-    self._finish()
+    with fast_kernels(self.model):  # on the CPU: SwiGLU with a faster exp in every step compiled now
+        tic = time.perf_counter()  # what the objective computes once, before the first step (DPO's reference log-probabilities)
+        self.reference_time = round(time.perf_counter() - tic, 3) if self.objective.precompute(
+            self.model, self.train_data, c.batch_size, c.max_seq_length, self.rank, self.world_size, self._stop.is_set) else 0.0
+        try:
+            while self.step < self.total_steps: self._with_events(self._one_epoch, "epoch", CancelEpochException)
+        except CancelFitException as e:
+            self.stopped = str(e) or "cancelled"
+            self("after_cancel", scope="fit", reason=self.stopped)
+        except TrainingError as e:
+            self("after_cancel", scope="fit", reason=e.message); raise
+        self._finish()
     self("after_fit", run_dir=str(self.run_dir), stopped=self.stopped, total_steps=self.total_steps, reference_time=self.reference_time)
     return self.history
 

@@ -289,3 +289,22 @@ def test_fails_before_work(env, tmp_path):
     with pytest.raises(TrainingError, match="No checkpoint"):
         Trainer(cfg(env, run_name="never-saved"), callbacks=QUIET()).fit(resume=True)
     assert not (Path(cfg(env).output_dir)/"never-saved"/"metrics.jsonl").exists()
+
+
+def test_cpu_runs_use_the_fast_kernels_and_learn_alike(env, monkeypatch):
+    "On the CPU the steps use finetune's SwiGLU (mlx-lm's is back after the run); with FINETUNE_FAST_KERNELS=0 they use mlx-lm's, and both runs agree."
+    import mlx.core as mx
+    from mlx_lm.models import activations
+    from finetune.kernels import fast_swiglu
+    llama = sys.modules["mlx_lm.models.llama"]
+    seen = []
+    class Spy(Callback):
+        def after_step(self, m): seen.append(llama.swiglu)
+    assert mx.default_device() == mx.cpu  # the CI machines
+    fast = Trainer(cfg(env, run_name="kernels-on", iters=6, eval_every=100, save_every=100), callbacks=QUIET() + [Spy()]).fit()
+    assert seen and all(f is fast_swiglu for f in seen) and llama.swiglu is activations.swiglu
+    monkeypatch.setenv("FINETUNE_FAST_KERNELS", "0")
+    seen.clear()
+    plain = Trainer(cfg(env, run_name="kernels-off", iters=6, eval_every=100, save_every=100), callbacks=QUIET() + [Spy()]).fit()
+    assert seen and all(f is activations.swiglu for f in seen)
+    assert max(abs(a - b) for a, b in zip(losses(fast), losses(plain))) < 1e-3, (losses(fast), losses(plain))
