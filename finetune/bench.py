@@ -364,6 +364,7 @@ def profile_step(config:dict, reps:int=5) -> dict:
     "Seconds a typical training step of `config` spends on each kind of work (each timed alone at the step's shapes), and the whole step."
     import mlx.nn as nn
     from mlx_lm.models.activations import swiglu
+    from finetune.kernels import fast_kernels, fast_swiglu, kernels_wanted
     from finetune.batching import make_batch, plan_batches, split_head
     from finetune.config import as_config
     from finetune.data import prepare_data
@@ -371,53 +372,54 @@ def profile_step(config:dict, reps:int=5) -> dict:
     from finetune.train import make_optimizer, make_step
     c = as_config(config)
     model, tok = load_model(c); attach_adapters(model, c); model.train()
-    ds = prepare_data(c, tok, quiet=True).train
-    plans = plan_batches(ds, c.batch_size, c.max_seq_length, shuffle=False)
-    mid = len(plans) // 2
-    batch = make_batch(ds, plans[mid], c.max_seq_length)
-    opt = make_optimizer(c, 10**6); opt.init(model.trainable_parameters())
-    micro, update = make_step(model, opt, max_grad_norm=c.max_grad_norm)
-    acc = micro(batch); mx.eval(acc)
-    other = next((b for b in plans[mid + 1:] + plans[:mid][::-1] if make_batch(ds, b, c.max_seq_length).inputs.shape != batch.inputs.shape), None)
-    compile_s = 0.0
-    if other is not None:  # tracing and compiling the step again for a batch of another padded length
-        b2 = make_batch(ds, other, c.max_seq_length)
-        t = time.perf_counter(); acc2 = micro(b2); compile_s = time.perf_counter() - t
-        mx.eval(acc2)
-    lengths = {make_batch(ds, b, c.max_seq_length).inputs.shape[1] for b in plans}
-    t = time.perf_counter()
-    for b in plans[max(mid - 3, 0):mid + 3]: make_batch(ds, b, c.max_seq_length)
-    data_s = (time.perf_counter() - t) / len(plans[max(mid - 3, 0):mid + 3])
-    (B, L), P, blk = batch.inputs.shape, batch.n_tokens, model.layers[-1]
-    a, V = blk.self_attn, model.args.vocab_size
-    H, I, nh, nkv, hd = model.args.hidden_size, model.args.intermediate_size, a.n_heads, a.n_kv_heads, a.head_dim
-    n = len(model.layers)
-    n_ad = n if c.lora_layers == -1 else c.lora_layers  # blocks with adapters: forward and backward; the rest forward only
-    rnd = lambda *s: mx.random.normal(s)
-    jobs = [("step", 1, lambda: (update(*micro(batch)), model.state, opt.state)), ("optimizer", 1, lambda: (update(*acc), model.state, opt.state))]
-    def both(name, make):  # one job for the adapted blocks (forward and backward), one for the rest (forward only)
-        jobs.extend((name, k, make(bw)) for bw, k in ((True, n_ad), (False, n - n_ad)) if k)
-    ins = dict(q_proj=H, k_proj=H, v_proj=H, o_proj=nh * hd, gate_proj=H, up_proj=H, down_proj=I)
-    for k, d in ins.items(): both("matmul (projections)", lambda bw, m=getattr(blk.self_attn if k[0] in "qkvo" else blk.mlp, k), d=d: _layer_fn(m, rnd(B, L, d), bw))
-    q, kv = rnd(B, nh, L, hd), rnd(B, nkv, L, hd)
-    sdpa = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask="causal")
-    both("attention", lambda bw: _fwd_bwd(sdpa, q, kv, kv, backward=bw))
-    both("of which softmax", lambda bw: _fwd_bwd(lambda s: mx.softmax(s, axis=-1, precise=True), rnd(B, nh, L, L), backward=bw))
-    both("rotary embedding", lambda bw: _fwd_bwd(lambda q, k: a.rope(q).sum() + a.rope(k).sum(), q, kv, backward=bw))
-    both("activation (SwiGLU)", lambda bw: _fwd_bwd(swiglu, rnd(B, L, I), rnd(B, L, I), backward=bw))
-    both("norms", lambda bw: _fwd_bwd(lambda x: blk.input_layernorm(x) + blk.post_attention_layernorm(x + 1), rnd(B, L, H), backward=bw))
-    jobs.append(("norms", 1, _fwd_bwd(model.model.norm, rnd(B, L, H))))
-    split = split_head(model)
-    head = split[1] if split else (model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear)
-    jobs.append(("output layer", 1, _fwd_bwd(head, rnd(P, H), compile=False)))
-    tgt = mx.array(np.random.default_rng(0).integers(0, V, P), mx.int32)
-    jobs.append(("loss (cross-entropy)", 1, _fwd_bwd(lambda z: nn.losses.cross_entropy(z, tgt).sum(), rnd(P, V))))
-    parts = _round_robin(jobs, reps)
-    step_s = parts.pop("step")
-    other = step_s - sum(v for k, v in parts.items() if k != "of which softmax")
-    parts["data"] = data_s
-    return dict(batch=[B, L], trained_positions=P, adapted_blocks=n_ad, blocks=n, step_s=step_s, parts=parts, other_s=other,
-                compile_s=compile_s, distinct_lengths=len(lengths), batches=len(plans))
+    with fast_kernels(model):  # as the trainer runs on the CPU
+        ds = prepare_data(c, tok, quiet=True).train
+        plans = plan_batches(ds, c.batch_size, c.max_seq_length, shuffle=False)
+        mid = len(plans) // 2
+        batch = make_batch(ds, plans[mid], c.max_seq_length)
+        opt = make_optimizer(c, 10**6); opt.init(model.trainable_parameters())
+        micro, update = make_step(model, opt, max_grad_norm=c.max_grad_norm)
+        acc = micro(batch); mx.eval(acc)
+        other = next((b for b in plans[mid + 1:] + plans[:mid][::-1] if make_batch(ds, b, c.max_seq_length).inputs.shape != batch.inputs.shape), None)
+        compile_s = 0.0
+        if other is not None:  # tracing and compiling the step again for a batch of another padded length
+            b2 = make_batch(ds, other, c.max_seq_length)
+            t = time.perf_counter(); acc2 = micro(b2); compile_s = time.perf_counter() - t
+            mx.eval(acc2)
+        lengths = {make_batch(ds, b, c.max_seq_length).inputs.shape[1] for b in plans}
+        t = time.perf_counter()
+        for b in plans[max(mid - 3, 0):mid + 3]: make_batch(ds, b, c.max_seq_length)
+        data_s = (time.perf_counter() - t) / len(plans[max(mid - 3, 0):mid + 3])
+        (B, L), P, blk = batch.inputs.shape, batch.n_tokens, model.layers[-1]
+        a, V = blk.self_attn, model.args.vocab_size
+        H, I, nh, nkv, hd = model.args.hidden_size, model.args.intermediate_size, a.n_heads, a.n_kv_heads, a.head_dim
+        n = len(model.layers)
+        n_ad = n if c.lora_layers == -1 else c.lora_layers  # blocks with adapters: forward and backward; the rest forward only
+        rnd = lambda *s: mx.random.normal(s)
+        jobs = [("step", 1, lambda: (update(*micro(batch)), model.state, opt.state)), ("optimizer", 1, lambda: (update(*acc), model.state, opt.state))]
+        def both(name, make):  # one job for the adapted blocks (forward and backward), one for the rest (forward only)
+            jobs.extend((name, k, make(bw)) for bw, k in ((True, n_ad), (False, n - n_ad)) if k)
+        ins = dict(q_proj=H, k_proj=H, v_proj=H, o_proj=nh * hd, gate_proj=H, up_proj=H, down_proj=I)
+        for k, d in ins.items(): both("matmul (projections)", lambda bw, m=getattr(blk.self_attn if k[0] in "qkvo" else blk.mlp, k), d=d: _layer_fn(m, rnd(B, L, d), bw))
+        q, kv = rnd(B, nh, L, hd), rnd(B, nkv, L, hd)
+        sdpa = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask="causal")
+        both("attention", lambda bw: _fwd_bwd(sdpa, q, kv, kv, backward=bw))
+        both("of which softmax", lambda bw: _fwd_bwd(lambda s: mx.softmax(s, axis=-1, precise=True), rnd(B, nh, L, L), backward=bw))
+        both("rotary embedding", lambda bw: _fwd_bwd(lambda q, k: a.rope(q).sum() + a.rope(k).sum(), q, kv, backward=bw))
+        both("activation (SwiGLU)", lambda bw: _fwd_bwd(fast_swiglu if kernels_wanted() else swiglu, rnd(B, L, I), rnd(B, L, I), backward=bw))
+        both("norms", lambda bw: _fwd_bwd(lambda x: blk.input_layernorm(x) + blk.post_attention_layernorm(x + 1), rnd(B, L, H), backward=bw))
+        jobs.append(("norms", 1, _fwd_bwd(model.model.norm, rnd(B, L, H))))
+        split = split_head(model)
+        head = split[1] if split else (model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear)
+        jobs.append(("output layer", 1, _fwd_bwd(head, rnd(P, H), compile=False)))
+        tgt = mx.array(np.random.default_rng(0).integers(0, V, P), mx.int32)
+        jobs.append(("loss (cross-entropy)", 1, _fwd_bwd(lambda z: nn.losses.cross_entropy(z, tgt).sum(), rnd(P, V))))
+        parts = _round_robin(jobs, reps)
+        step_s = parts.pop("step")
+        other = step_s - sum(v for k, v in parts.items() if k != "of which softmax")
+        parts["data"] = data_s
+        return dict(batch=[B, L], trained_positions=P, adapted_blocks=n_ad, blocks=n, step_s=step_s, parts=parts, other_s=other,
+                    compile_s=compile_s, distinct_lengths=len(lengths), batches=len(plans))
 
 # %% ../nbs/15_bench.ipynb #fe58d102
 def paired_steps(config:dict, steps:int=6, bits:int=4) -> dict:
@@ -434,10 +436,12 @@ def paired_steps(config:dict, steps:int=6, bits:int=4) -> dict:
         runs[kind] = (m, opt, *make_step(m, opt, max_grad_norm=c.max_grad_norm))
     batches = list(iterate_batches(prepare_data(c, tok, quiet=True).train, c.batch_size, c.max_seq_length, seed=c.seed))[:steps + 1]
     times = {k: [] for k in runs}
-    for i, b in enumerate(batches):
-        for k in (("lora", "qlora") if i % 2 else ("qlora", "lora")):  # who goes first alternates
-            m, opt, micro, update = runs[k]
-            t = time.perf_counter(); mx.eval(update(*micro(b)), m.state, opt.state); times[k].append(time.perf_counter() - t)
+    from finetune.kernels import fast_kernels
+    with fast_kernels(runs["lora"][0]):  # as the trainer runs on the CPU
+        for i, b in enumerate(batches):
+            for k in (("lora", "qlora") if i % 2 else ("qlora", "lora")):  # who goes first alternates
+                m, opt, micro, update = runs[k]
+                t = time.perf_counter(); mx.eval(update(*micro(b)), m.state, opt.state); times[k].append(time.perf_counter() - t)
     ratios = [q / l for q, l in zip(times["qlora"][1:], times["lora"][1:])]  # the first step of each compiles
     return dict(lora_s=times["lora"], qlora_s=times["qlora"], ratios=ratios, ratio=statistics.median(ratios))
 
