@@ -18,11 +18,11 @@ from .config import TrainConfig
 # %% auto #0
 __all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'ROLES', 'SHAREGPT_ROLES', 'FALLBACKS', 'AUTO_FALLBACK', 'CACHE_VERSION',
            'check_json', 'load_rows', 'resolve_dataset', 'resolve_sources', 'load_source', 'detect_format',
-           'map_columns', 'normalize', 'normalize_pair', 'render_fallback', 'has_chat_template', 'render_model',
-           'resolve_template', 'encode_text', 'eos_token', 'tokenize_example', 'Example', 'TokenizedDataset', 'Pair',
-           'PreferenceDataset', 'tokenize_rows', 'tokenize_pairs', 'data_fingerprint', 'tokenizer_fingerprint',
-           'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid', 'PreparedData', 'prepare_data',
-           'check_data_paths', 'load_mapped_rows', 'normalized_rows', 'split_rows']
+           'map_columns', 'instruction_prompt', 'normalize', 'normalize_pair', 'render_fallback', 'has_chat_template',
+           'render_model', 'resolve_template', 'encode_text', 'eos_token', 'tokenize_example', 'Example',
+           'TokenizedDataset', 'Pair', 'PreferenceDataset', 'tokenize_rows', 'tokenize_pairs', 'data_fingerprint',
+           'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid',
+           'PreparedData', 'prepare_data', 'check_data_paths', 'load_mapped_rows', 'normalized_rows', 'split_rows']
 
 # %% ../nbs/04_data.ipynb #55285260
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -207,6 +207,11 @@ def _tools(row):
     return t or None
 
 # %% ../nbs/04_data.ipynb #5762c2e4
+def instruction_prompt(row:dict) -> str:
+    "The user's message of an instruction row: its `instruction`, then its `input` (when there is one) after a blank line."
+    s = lambda v: "" if v is None else str(v)
+    return s(row.get("instruction")) + (f"\n\n{s(row['input'])}" if s(row.get("input")).strip() else "")
+
 def normalize(row:dict, fmt:str, where:str="row") -> dict:
     "One row in the internal form: {'messages': [...], 'tools': ...} or {'text': ...}; a preference row gives its chosen conversation."
     s = lambda v: "" if v is None else str(v)
@@ -216,7 +221,7 @@ def normalize(row:dict, fmt:str, where:str="row") -> dict:
         return {"messages": p["prompt"] + p["chosen"], "tools": p["tools"]}
     if fmt == "completion": msgs = [{"role": "user", "content": s(row["prompt"])}, {"role": "assistant", "content": s(row["completion"])}]
     elif fmt == "instruction":
-        user = s(row["instruction"]) + (f"\n\n{s(row['input'])}" if s(row.get("input")).strip() else "")
+        user = instruction_prompt(row)
         msgs = ([{"role": "system", "content": s(row["system"])}] if s(row.get("system")).strip() else []) + \
                [{"role": "user", "content": user}, {"role": "assistant", "content": s(row["output"])}]
     else:
@@ -261,7 +266,7 @@ def _context(row:dict, where:str) -> list:
     if not (isinstance(p, list) or (isinstance(p, str) and p.strip())) and not isinstance(m, list):  # the prompt under another common name
         p = next((row[k] for k in ("question", "query") if isinstance(row.get(k), str) and row[k].strip()), None)
         if p is None and isinstance(row.get("instruction"), str) and row["instruction"].strip():
-            p = row["instruction"] + (f"\n\n{row['input']}" if isinstance(row.get("input"), str) and row["input"].strip() else "")
+            p = instruction_prompt(row)
     if isinstance(p, str) and p.strip(): ctx = [{"role": "user", "content": p}]
     elif isinstance(p, list): ctx = _turns(p, where, "prompt")
     else: ctx = _turns(m, where, "messages") if isinstance(m, list) else []
