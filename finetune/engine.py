@@ -8,11 +8,13 @@ Docs: https://finetune-dev.github.io/finetune/engine.html.md"""
 from __future__ import annotations
 import itertools, logging, queue, random, threading, time
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fastcore.basics import patch
 import mlx.core as mx
 from .errors import DataError
 from .generate import Chunk, prompt_tokens
+from .kernels import fast_kernels
 from mlx_lm.models.cache import LRUPromptCache
 
 # %% auto #0
@@ -99,9 +101,10 @@ log = logging.getLogger("finetune.engine")
 
 @dataclass
 class _Group:
-    "The batch of one adapter group: mlx-lm's `BatchGenerator`, its tokenizer, and its requests by batch uid."
+    "The batch of one adapter group: mlx-lm's `BatchGenerator`, its tokenizer, its requests by batch uid, and the kernels it holds in place."
     gen: object
     tokenizer: object
+    kernels: ExitStack = field(default_factory=ExitStack)
     reqs: dict = field(default_factory=dict)
 
 class Engine:
@@ -233,7 +236,8 @@ def _admit(self:Engine, g:Generation):
             gen = BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids],
                                  completion_batch_size=self.max_batch, prefill_batch_size=self.prefill_batch,
                                  prefill_step_size=self.prefill_chunk, stream=self.stream)
-            self.groups[g.key] = _Group(gen, tok)
+            self.groups[g.key] = gr = _Group(gen, tok)
+            gr.kernels.enter_context(fast_kernels(model, swiglu=False))  # on the CPU: attention without tiny BLAS calls (see `finetune.kernels`)
         gr = self.groups[g.key]
         cache, rest = self._cached(g.key, g.ids)
         g.uid = gr.gen.insert([rest], [g.max_tokens], caches=[cache], all_tokens=[g.ids[:len(g.ids) - len(rest)]], samplers=[g.sampler])[0]
@@ -296,7 +300,9 @@ def _end(self:Engine, g:Generation, error:BaseException|None=None):
 @patch
 def _drop(self:Engine, key):
     "Forget group `key` (its batch is empty)."
-    self.groups.pop(key).gen.close()
+    gr = self.groups.pop(key)
+    try: gr.gen.close()
+    finally: gr.kernels.close()
 
 @patch
 def _fail(self:Engine, key, e:BaseException):

@@ -11,6 +11,7 @@ from typing import Iterator
 from .data import ROLES, render_fallback, render_model, resolve_template, encode_text, eos_token
 from .errors import DataError
 from .models import load_model
+from .kernels import fast_kernels
 import mlx.core as mx
 from .files import RunDir
 
@@ -115,6 +116,8 @@ def stream(model, tokenizer, prompt,   # A model and tokenizer (see `load`); a p
     if seed is not None: mx.random.seed(seed)
     training, text, sent = model.training, "", 0
     model.eval()
+    kernels = fast_kernels(model, swiglu=False)  # on the CPU: attention without tiny BLAS calls (see `finetune.kernels`)
+    kernels.__enter__()
     try:
         for r in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler):
             text += r.text
@@ -125,7 +128,7 @@ def stream(model, tokenizer, prompt,   # A model and tokenizer (see `load`); a p
                 yield Chunk(text[sent:max(end, sent)], done, r.prompt_tokens, r.generation_tokens, r.generation_tps)
                 sent = max(end, sent)
             if done: return
-    finally: model.train(training)
+    finally: model.train(training); kernels.__exit__(None, None, None)
 
 def generate(model, tokenizer, prompt, max_tokens:int=256, temperature:float=0.0, top_p:float=1.0, stop=None, seed:int|None=None,
              template:str|None=None, fmt:str|None=None, tools=None, system:str|None=None, top_k:int=0) -> str:

@@ -1,4 +1,4 @@
-"""Faster building blocks for training on the CPU: SwiGLU with a polynomial `exp`, put in place of mlx-lm's for the length of a run.
+"""Faster building blocks on the CPU: SwiGLU with a polynomial `exp` and attention without a swarm of tiny matrix products, put in place of mlx-lm's while a run trains or a server generates.
 
 Docs: https://finetune-dev.github.io/finetune/kernels.html.md"""
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import math, os, sys, threading
 from contextlib import contextmanager
 import mlx.core as mx
-from mlx_lm.models import activations
+from mlx_lm.models import activations, base
 
 # %% auto #0
-__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'fast_swiglu', 'kernels_wanted', 'fast_kernels']
+__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'fast_swiglu', 'fast_attention', 'kernels_wanted', 'fast_kernels']
 
 # %% ../nbs/02d_kernels.ipynb #d5600e33
 LN2 = math.log(2)
@@ -43,26 +43,54 @@ def fast_swiglu(gate:mx.array, x:mx.array) -> mx.array:
     if gate.dtype != mx.float32 or x.dtype != mx.float32: return activations.swiglu(gate, x)
     return _swiglu32(gate, x)
 
+# %% ../nbs/02d_kernels.ipynb #91685e54
+def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
+    "mlx-lm's `scaled_dot_product_attention` for the CPU: the query heads that share a key head in one matrix product."
+    if sinks is not None or hasattr(cache, "bits"): return base.scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks)
+    B, H, L, D = queries.shape
+    KV, S = keys.shape[1], keys.shape[2]
+    r = H // KV
+    q = (queries * scale).reshape(B, KV, r * L, D)  # head h = k * r + j: the rows of key head k are its r heads' queries
+    if r * L == 1: s = (q * keys).sum(-1)[..., None, :]  # one row: no matrix product for BLAS to thread
+    else: s = q @ keys.swapaxes(-1, -2)
+    s = s.reshape(B, KV, r, L, S)
+    if isinstance(mask, str):
+        if mask != "causal": raise ValueError(f"Unknown attention mask {mask!r}: use 'causal', an array or None.")
+        mask = mx.arange(S - L, S)[:, None] >= mx.arange(S)[None]
+    if mask is not None:
+        if mask.ndim >= 3:  # (..., heads or 1, L, S) -> (..., key heads or 1, r or 1, L, S)
+            mask = mx.expand_dims(mask, -3) if mask.shape[-3] == 1 else mask.reshape(*mask.shape[:-3], KV, r, L, S)
+        s = mx.where(mask, s, mx.finfo(s.dtype).min) if mask.dtype == mx.bool_ else s + mask.astype(s.dtype)
+    p = mx.softmax(s, axis=-1, precise=True).reshape(B, KV, r * L, S)
+    out = (p.swapaxes(-1, -2) * values).sum(-2, keepdims=True) if r * L == 1 else p @ values
+    return out.reshape(B, H, L, -1)
+
+
 # %% ../nbs/02d_kernels.ipynb #743f9f43
-_lock, _active = threading.Lock(), {}  # module name -> how many runs use the fast kernels in it now
+_lock, _active = threading.Lock(), {}  # (module name, function name) -> how many users have the fast one in place now
+_KERNELS = {"swiglu": (activations.swiglu, fast_swiglu), "scaled_dot_product_attention": (base.scaled_dot_product_attention, fast_attention)}
 
 def kernels_wanted() -> bool:
     "Whether runs use the fast kernels: on the CPU, unless FINETUNE_FAST_KERNELS=0."
     return mx.default_device() == mx.cpu and os.environ.get("FINETUNE_FAST_KERNELS", "1") != "0"
 
 @contextmanager
-def fast_kernels(model, enabled:bool|None=None): # None: `kernels_wanted()`
-    "Within the block, `model`'s blocks use `fast_swiglu` where their mlx-lm module calls `swiglu`."
+def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
+                 swiglu:bool=True,              # Put `fast_swiglu` in place of `swiglu`
+                 attention:bool=True):          # Put `fast_attention` in place of `scaled_dot_product_attention`
+    "Within the block, `model`'s blocks use the fast kernels where their mlx-lm modules call mlx-lm's; the names of those modules."
     enabled = kernels_wanted() if enabled is None else enabled
-    names = {type(m).__module__ for _, m in model.named_modules()} if enabled else set()
+    which = [f for f, on in (("swiglu", swiglu), ("scaled_dot_product_attention", attention)) if on]
+    mods = {type(m).__module__ for _, m in model.named_modules()} if enabled else set()
     with _lock:
-        names = {n for n in names if getattr(sys.modules.get(n), "swiglu", None) in (activations.swiglu, fast_swiglu)}
-        for n in names:
-            _active[n] = _active.get(n, 0) + 1
-            sys.modules[n].swiglu = fast_swiglu
-    try: yield sorted(names)
+        keys = [(n, f) for n in mods for f in which if getattr(sys.modules.get(n), f, None) in _KERNELS[f]]
+        for n, f in keys:
+            _active[n, f] = _active.get((n, f), 0) + 1
+            setattr(sys.modules[n], f, _KERNELS[f][1])
+    try: yield sorted({n for n, _ in keys})
     finally:
         with _lock:
-            for n in names:
-                _active[n] -= 1
-                if not _active[n]: sys.modules[n].swiglu, _ = activations.swiglu, _active.pop(n)
+            for n, f in keys:
+                _active[n, f] -= 1
+                if not _active[n, f]: setattr(sys.modules[n], f, _KERNELS[f][0]); _active.pop((n, f))
+

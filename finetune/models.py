@@ -22,9 +22,9 @@ from mlx.utils import tree_flatten
 __all__ = ['EMBEDDED_MODELS', 'DTYPES', 'QMM_MIN_ROWS', 'DEQUANT_ELEMENTS', 'ADAPTER_LEAVES', 'register_resolver',
            'registered_model', 'embedded_model', 'resolve_model', 'add_to_hf_cache', 'compute_dtype', 'dtype_policy',
            'weights_dtype', 'set_compute_dtype', 'describe_dtype', 'dequantized_matmul', 'FastQuantizedLinear',
-           'FastQuantizedEmbedding', 'use_fast_quantized', 'load_model', 'count_parameters', 'model_info',
-           'adapter_keys', 'adapted_shapes', 'lora_parameter_formula', 'attach_adapters', 'adapter_weights',
-           'save_adapters', 'read_adapter_config', 'load_adapters']
+           'FastQuantizedEmbedding', 'use_fast_quantized', 'load_model', 'widen_quantized', 'count_parameters',
+           'model_info', 'adapter_keys', 'adapted_shapes', 'lora_parameter_formula', 'attach_adapters',
+           'adapter_weights', 'save_adapters', 'read_adapter_config', 'load_adapters']
 
 # %% ../nbs/03_models.ipynb #f57c0110
 _RESOLVERS: list = []
@@ -282,8 +282,9 @@ def use_fast_quantized(model) -> int:
 _NATIVE_BITS = {2: 4, 3: 4, 7: 8}  # GGUF file types MOSTLY_Q4_0, MOSTLY_Q4_1, MOSTLY_Q8_0: MLX reads them as its own quantization
 
 def _gguf_native(src:Path, bits:int) -> Path|None:
-    "The converted directory of GGUF `src` kept in its own quantization, if that is `bits` bits (Q4_0/Q4_1: 4, Q8_0: 8)."
-    return import_gguf(src, quantized=True) if _NATIVE_BITS.get(gguf_file_type(src)) == bits else None
+    "The converted directory of GGUF `src` kept in its own quantization, if that fits in `bits` bits (Q4_0/Q4_1: 4 or 8, Q8_0: 8)."
+    own = _NATIVE_BITS.get(gguf_file_type(src))
+    return import_gguf(src, quantized=True) if own is not None and (own == bits or (own, bits) == (4, 8)) else None
 
 def load_model(name_or_config,               # A model name (see `resolve_model`) or a `TrainConfig`
                quantize_bits:int|None=None,  # Quantize at load to this many bits (QLoRA); default: the config's
@@ -303,11 +304,15 @@ def load_model(name_or_config,               # A model name (see `resolve_model`
     if not quantize_bits and (bq := acfg.get("base_quantization")):  # adapters trained on a model quantized at load
         quantize_bits, group_size = bq["bits"], bq["group_size"]
     src = _locate(name, revision)
-    path = src if not src.is_file() else (quantize_bits and _gguf_native(src, quantize_bits)) or import_gguf(src)
+    native = src.is_file() and quantize_bits and _gguf_native(src, quantize_bits)
+    path = src if not src.is_file() else native or import_gguf(src)
     model, tokenizer, cfg = _mlx_load(path, name)
     quant, pre = cfg.get("quantization"), _is_quantized(model)
     if quantize_bits and pre:
-        if quant and quant.get("bits") != quantize_bits:
+        if native and quant and quant.get("bits", quantize_bits) < quantize_bits:  # a 4-bit GGUF asked for at 8 bits: its own codes
+            widen_quantized(model, quantize_bits)
+            quant = {**quant, "bits": quantize_bits}
+        elif quant and quant.get("bits") != quantize_bits:
             warnings.warn(f"'{name}' is already quantized ({quant.get('bits')} bits); keeping it as it is, not re-quantizing to {quantize_bits}.")
     elif quantize_bits:
         quant = _quantize(model, cfg, quantize_bits, group_size or 64)
@@ -317,6 +322,24 @@ def load_model(name_or_config,               # A model name (see `resolve_model`
                                           fast_quantized=use_fast_quantized(model) if (pre or quantize_bits) else 0)
     if adapter_path is not None: load_adapters(model, adapter_path)
     return model, tokenizer
+
+# %% ../nbs/03_models.ipynb #d36c7efd
+def _repack(w:mx.array, bits:int, to:int) -> mx.array:
+    "Codes packed `bits` bits at a time into uint32 words (lowest bits first), packed again `to` bits at a time."
+    codes = (w[..., None] >> (mx.arange(32 // bits, dtype=mx.uint32) * bits)) & ((1 << bits) - 1)
+    codes = codes.reshape(*w.shape[:-1], -1, 32 // to)
+    return (codes << (mx.arange(32 // to, dtype=mx.uint32) * to)).sum(-1).astype(mx.uint32)
+
+def widen_quantized(model, bits:int) -> int:
+    "Pack the codes of `model`'s affine-quantized layers of fewer bits at `bits` bits, scales and biases unchanged (the same weights, exactly): how many layers."
+    n = 0
+    for _, m in model.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) and getattr(m, "mode", "affine") == "affine" \
+           and m.bits < bits and 32 % m.bits == 0 and 32 % bits == 0:
+            m.weight, m.bits, n = _repack(m.weight, m.bits, bits), bits, n + 1
+    mx.eval(model.parameters())
+    return n
+
 
 # %% ../nbs/03_models.ipynb #b4311ef7
 def count_parameters(model) -> dict:

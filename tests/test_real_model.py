@@ -48,6 +48,24 @@ def test_qlora_keeps_the_files_own_quantization(home, gguf_file):
     assert mx.abs(q(ids) - f(ids)).max().item() < 1e-2
 
 
+def test_8_bits_of_a_4_bit_gguf_are_its_own_weights(home, gguf_file):
+    "Asked for 8 bits, a Q4_1 GGUF keeps its codes (packed at 8 bits): the weights are the 4-bit ones exactly, greedy answers the float model's."
+    import mlx.core as mx
+    from finetune.generate import generate
+    from finetune.models import load_model
+    q8, tok = load_model("smollm2-135m", quantize_bits=8)
+    q4, _ = load_model("smollm2-135m", quantize_bits=4)
+    a, b = q8.layers[3].mlp.down_proj, q4.layers[3].mlp.down_proj
+    assert (a.bits, a.group_size, b.bits) == (8, 32, 4)
+    assert q8.finetune_info.quantization["bits"] == 8 and q8.finetune_info.quantized_at_load is False
+    deq = lambda m: mx.dequantize(m.weight, m.scales, m.biases, group_size=32, bits=m.bits)  # noqa: E731
+    assert mx.array_equal(deq(a), deq(b)).item()
+    f, _ = load_model("smollm2-135m")
+    prompts, _ = _prompts(4)
+    same = sum(generate(q8, tok, p, max_tokens=24) == generate(f, tok, p, max_tokens=24) for p in prompts)
+    assert same >= 3, same  # the same weights; only float summation order differs, which may flip a rare near-tie
+
+
 def test_lora_loss_falls(run):
     rows = [json.loads(line) for line in run.run_dir.joinpath("metrics.jsonl").read_text().splitlines()]
     train = [r["train_loss"] for r in rows if r.get("event") == "train"]
