@@ -237,7 +237,7 @@ def _admit(self:Engine, g:Generation):
                                  completion_batch_size=self.max_batch, prefill_batch_size=self.prefill_batch,
                                  prefill_step_size=self.prefill_chunk, stream=self.stream)
             self.groups[g.key] = gr = _Group(gen, tok)
-            gr.kernels.enter_context(fast_kernels(model, swiglu=False))  # on the CPU: attention without tiny BLAS calls (see `finetune.kernels`)
+            gr.kernels.enter_context(fast_kernels(model, swiglu=False))  # on the CPU: the attention measured faster on this machine (see `finetune.kernels`)
         gr = self.groups[g.key]
         cache, rest = self._cached(g.key, g.ids)
         g.uid = gr.gen.insert([rest], [g.max_tokens], caches=[cache], all_tokens=[g.ids[:len(g.ids) - len(rest)]], samplers=[g.sampler])[0]

@@ -6,13 +6,14 @@ Docs: https://finetune-dev.github.io/finetune/kernels.html.md"""
 
 # %% ../nbs/02d_kernels.ipynb #1cc2b783
 from __future__ import annotations
-import math, os, sys, threading
+import math, os, sys, threading, time
 from contextlib import contextmanager
 import mlx.core as mx
 from mlx_lm.models import activations, base
 
 # %% auto #0
-__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'fast_swiglu', 'fast_attention', 'kernels_wanted', 'fast_kernels']
+__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'fast_swiglu', 'grouped_attention', 'one_token_fast', 'fast_attention',
+           'kernels_wanted', 'fast_kernels']
 
 # %% ../nbs/02d_kernels.ipynb #d5600e33
 LN2 = math.log(2)
@@ -44,7 +45,7 @@ def fast_swiglu(gate:mx.array, x:mx.array) -> mx.array:
     return _swiglu32(gate, x)
 
 # %% ../nbs/02d_kernels.ipynb #91685e54
-def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
+def grouped_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
     "mlx-lm's `scaled_dot_product_attention` for the CPU: the query heads that share a key head in one matrix product."
     if sinks is not None or hasattr(cache, "bits"): return base.scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks)
     B, H, L, D = queries.shape
@@ -65,6 +66,36 @@ def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None
     out = (p.swapaxes(-1, -2) * values).sum(-2, keepdims=True) if r * L == 1 else p @ values
     return out.reshape(B, H, L, -1)
 
+_one_token = {}  # (heads, key heads, head dim) -> whether `grouped_attention` beat MLX's for one new token on this machine
+
+def _median_ms(f, n:int=5) -> float:
+    mx.eval(f())
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter(); mx.eval(f()); ts.append(time.perf_counter() - t)
+    return sorted(ts)[n // 2] * 1e3
+
+def one_token_fast(heads:int, kv_heads:int, head_dim:int, keys:int=256) -> bool:
+    "Whether `grouped_attention` is faster than MLX's attention for one new token on `keys` cached ones, for 1 and 8 sequences: measured once per head shape (milliseconds)."
+    shape = (heads, kv_heads, head_dim)
+    if shape not in _one_token:
+        cost = {}
+        for f in (grouped_attention, base.scaled_dot_product_attention):
+            cost[f] = 0.0
+            for B in (1, 8):
+                key = mx.random.key(B)  # its own key: measuring leaves the seeded random state alone
+                q, k, v = (mx.random.normal((B, n, L, head_dim), key=key) for n, L in ((heads, 1), (kv_heads, keys), (kv_heads, keys)))
+                cost[f] += _median_ms(lambda: f(q, k, v, None, head_dim ** -0.5, None))
+        _one_token[shape] = cost[grouped_attention] < cost[base.scaled_dot_product_attention]
+    return _one_token[shape]
+
+def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
+    "mlx-lm's `scaled_dot_product_attention`, faster on the CPU: `grouped_attention`, or MLX's own for one new token where `one_token_fast` found it faster."
+    B, H, L, D = queries.shape
+    if L == 1 and not _one_token.get((H, keys.shape[1], D), False):
+        return base.scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks)
+    return grouped_attention(queries, keys, values, cache, scale, mask, sinks)
+
 
 # %% ../nbs/02d_kernels.ipynb #743f9f43
 _lock, _active = threading.Lock(), {}  # (module name, function name) -> how many users have the fast one in place now
@@ -74,6 +105,14 @@ def kernels_wanted() -> bool:
     "Whether runs use the fast kernels: on the CPU, unless FINETUNE_FAST_KERNELS=0."
     return mx.default_device() == mx.cpu and os.environ.get("FINETUNE_FAST_KERNELS", "1") != "0"
 
+def _heads(model) -> tuple|None:
+    "The model's query heads, key heads and head size, from its mlx-lm arguments (None when it has none)."
+    a = getattr(model, "args", None)
+    try:
+        h = a.num_attention_heads
+        return h, getattr(a, "num_key_value_heads", None) or h, getattr(a, "head_dim", None) or a.hidden_size // h
+    except (AttributeError, TypeError): return None
+
 @contextmanager
 def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
                  swiglu:bool=True,              # Put `fast_swiglu` in place of `swiglu`
@@ -82,6 +121,7 @@ def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
     enabled = kernels_wanted() if enabled is None else enabled
     which = [f for f, on in (("swiglu", swiglu), ("scaled_dot_product_attention", attention)) if on]
     mods = {type(m).__module__ for _, m in model.named_modules()} if enabled else set()
+    if mods and attention and (heads := _heads(model)): one_token_fast(*heads)  # measured here, outside any compiled step
     with _lock:
         keys = [(n, f) for n in mods for f in which if getattr(sys.modules.get(n), f, None) in _KERNELS[f]]
         for n, f in keys:

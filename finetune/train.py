@@ -310,7 +310,7 @@ def fit(self:Trainer, resume=None) -> dict:
         with disk_errors(self.files.config, "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.files.config)
     self("before_fit", total_steps=self.total_steps, run_dir=str(self.run_dir), resumed_from=self.resumed_from, history=self.history_at_start,
          params=count_parameters(self.model), dtype=describe_dtype(self.model), reference_pairs=self._reference_pass())
-    with fast_kernels(self.model):  # on the CPU: SwiGLU with a faster exp in every step compiled now
+    with fast_kernels(self.model):  # on the CPU: faster SwiGLU and attention in every step compiled now
         tic = time.perf_counter()  # what the objective computes once, before the first step (DPO's reference log-probabilities)
         self.reference_time = round(time.perf_counter() - tic, 3) if self.objective.precompute(
             self.model, self.train_data, c.batch_size, c.max_seq_length, self.rank, self.world_size, self._stop.is_set) else 0.0
