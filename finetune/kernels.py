@@ -92,7 +92,7 @@ def one_token_fast(heads:int, kv_heads:int, head_dim:int, keys:int=256) -> bool:
 def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
     "mlx-lm's `scaled_dot_product_attention`, faster on the CPU: `grouped_attention`, or MLX's own for one new token where `one_token_fast` found it faster."
     B, H, L, D = queries.shape
-    if L == 1 and not _one_token.get((H, keys.shape[1], D), False):
+    if L == 1 and (sinks is not None or hasattr(cache, "bits") or not _one_token.get((H, keys.shape[1], D), False)):  # a quantized cache's keys are a tuple
         return base.scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks)
     return grouped_attention(queries, keys, values, cache, scale, mask, sinks)
 
