@@ -47,7 +47,7 @@ def fast_swiglu(gate:mx.array, x:mx.array) -> mx.array:
 # %% ../nbs/02d_kernels.ipynb #91685e54
 def grouped_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
     "mlx-lm's `scaled_dot_product_attention` for the CPU: the query heads that share a key head in one matrix product."
-    if sinks is not None or hasattr(cache, "bits"): return base.scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks)
+    if sinks is not None or hasattr(cache, "bits"): raise ValueError("grouped_attention takes neither attention sinks nor a quantized cache: call fast_attention, which sends them to mlx-lm's.")
     B, H, L, D = queries.shape
     KV, S = keys.shape[1], keys.shape[2]
     r = H // KV
@@ -92,9 +92,8 @@ def one_token_fast(heads:int, kv_heads:int, head_dim:int, keys:int=256) -> bool:
 def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
     "mlx-lm's `scaled_dot_product_attention`, faster on the CPU: `grouped_attention`, or MLX's own for one new token where `one_token_fast` found it faster."
     B, H, L, D = queries.shape
-    if L == 1 and (sinks is not None or hasattr(cache, "bits") or not _one_token.get((H, keys.shape[1], D), False)):  # a quantized cache's keys are a tuple
-        return base.scaled_dot_product_attention(queries, keys, values, cache, scale, mask, sinks)
-    return grouped_attention(queries, keys, values, cache, scale, mask, sinks)
+    mlx = sinks is not None or hasattr(cache, "bits") or (L == 1 and not _one_token.get((H, keys.shape[1], D), False))  # a quantized cache's keys are a tuple
+    return (base.scaled_dot_product_attention if mlx else grouped_attention)(queries, keys, values, cache, scale, mask, sinks)
 
 
 # %% ../nbs/02d_kernels.ipynb #743f9f43
@@ -121,13 +120,14 @@ def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
     enabled = kernels_wanted() if enabled is None else enabled
     which = [f for f, on in (("swiglu", swiglu), ("scaled_dot_product_attention", attention)) if on]
     mods = {type(m).__module__ for _, m in model.named_modules()} if enabled else set()
-    if mods and attention and (heads := _heads(model)): one_token_fast(*heads)  # measured here, outside any compiled step
     with _lock:
         keys = [(n, f) for n in mods for f in which if getattr(sys.modules.get(n), f, None) in _KERNELS[f]]
         for n, f in keys:
             _active[n, f] = _active.get((n, f), 0) + 1
             setattr(sys.modules[n], f, _KERNELS[f][1])
-    try: yield sorted({n for n, _ in keys})
+    try:
+        if any(f == "scaled_dot_product_attention" for _, f in keys) and (heads := _heads(model)): one_token_fast(*heads)  # here, outside any compiled step
+        yield sorted({n for n, _ in keys})
     finally:
         with _lock:
             for n, f in keys:
