@@ -329,6 +329,7 @@ def _fwd_bwd(f, *xs, backward:bool=True, compile:bool=True):
     "A callable running `f(*xs)` and, if `backward`, its vector-Jacobian product for a fixed random cotangent."
     out = f(*xs)
     ct = mx.random.normal(out.shape).astype(out.dtype)
+    mx.eval(ct, *xs)  # computed now: a lazy cotangent would be traced into the compiled function and drawn again on every call
     g = (lambda *a: mx.vjp(f, list(a), [ct])) if backward else f
     g = mx.compile(g) if compile else g
     return lambda: g(*xs)
@@ -364,7 +365,7 @@ def profile_step(config:dict, reps:int=5) -> dict:
     "Seconds a typical training step of `config` spends on each kind of work (each timed alone at the step's shapes), and the whole step."
     import mlx.nn as nn
     from mlx_lm.models.activations import swiglu
-    from finetune.kernels import fast_kernels, fast_swiglu, kernels_wanted
+    from finetune.kernels import fast_attention, fast_kernels, fast_softmax, fast_swiglu, kernels_wanted
     from finetune.batching import make_batch, plan_batches, split_head
     from finetune.config import as_config
     from finetune.data import prepare_data
@@ -402,9 +403,11 @@ def profile_step(config:dict, reps:int=5) -> dict:
         ins = dict(q_proj=H, k_proj=H, v_proj=H, o_proj=nh * hd, gate_proj=H, up_proj=H, down_proj=I)
         for k, d in ins.items(): both("matmul (projections)", lambda bw, m=getattr(blk.self_attn if k[0] in "qkvo" else blk.mlp, k), d=d: _layer_fn(m, rnd(B, L, d), bw))
         q, kv = rnd(B, nh, L, hd), rnd(B, nkv, L, hd)
-        sdpa = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask="causal")
+        fast = kernels_wanted()  # the attention and softmax the trainer runs: finetune's on the CPU, MLX's elsewhere
+        sdpa = lambda q, k, v: (fast_attention(q, k, v, None, hd ** -0.5, "causal") if fast else mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask="causal"))
+        softmax = fast_softmax if fast else (lambda s: mx.softmax(s, axis=-1, precise=True))
         both("attention", lambda bw: _fwd_bwd(sdpa, q, kv, kv, backward=bw))
-        both("of which softmax", lambda bw: _fwd_bwd(lambda s: mx.softmax(s, axis=-1, precise=True), rnd(B, nh, L, L), backward=bw))
+        both("of which softmax", lambda bw: _fwd_bwd(softmax, rnd(B, nh, L, L), backward=bw))
         both("rotary embedding", lambda bw: _fwd_bwd(lambda q, k: a.rope(q).sum() + a.rope(k).sum(), q, kv, backward=bw))
         both("activation (SwiGLU)", lambda bw: _fwd_bwd(fast_swiglu if kernels_wanted() else swiglu, rnd(B, L, I), rnd(B, L, I), backward=bw))
         both("norms", lambda bw: _fwd_bwd(lambda x: blk.input_layernorm(x) + blk.post_attention_layernorm(x + 1), rnd(B, L, H), backward=bw))

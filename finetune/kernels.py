@@ -12,20 +12,22 @@ import mlx.core as mx
 from mlx_lm.models import activations, base
 
 # %% auto #0
-__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'fast_swiglu', 'grouped_attention', 'one_token_fast', 'fast_attention',
-           'kernels_wanted', 'fast_kernels']
+__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'fast_swiglu', 'fast_softmax', 'grouped_attention', 'one_token_fast',
+           'fast_attention', 'kernels_wanted', 'fast_kernels']
 
 # %% ../nbs/02d_kernels.ipynb #d5600e33
 LN2 = math.log(2)
 LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 in two parts: k * LN2_HI is exact in float32 (Cody and Waite)
 
 def fast_exp(x:mx.array) -> mx.array:
-    "exp(x) for float32 `x` (at most 88) from a polynomial and the bits of 2^k; within 5e-7 of the exact value, relatively."
-    x = mx.maximum(x, -87.0)
-    k = mx.floor(x * (1 / LN2) + 0.5)
-    r = (x - k * LN2_HI) - k * LN2_LO
+    "exp(x) for float32 `x` (at most 88) from a polynomial and the bits of 2^k; within 5e-7 of the exact value, relatively, and 0 below -87."
+    c = mx.maximum(x, -87.0)
+    k = mx.floor(c * (1 / LN2) + 0.5)
+    r = (c - k * LN2_HI) - k * LN2_LO
     p = 1 + r * (1 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720))))))
-    return p * ((k.astype(mx.int32) + 127) << 23).view(mx.float32)
+    # below e^-87 float32 needs subnormal numbers, and every product that touches one is many times slower on x86:
+    # a masked attention score would slow the softmax and the matrix products after it 5-fold
+    return mx.where(x < -87.0, 0.0, p * ((k.astype(mx.int32) + 127) << 23).view(mx.float32))
 
 # %% ../nbs/02d_kernels.ipynb #4f7de20d
 def _sigmoid(g:mx.array) -> mx.array: return 1 / (1 + fast_exp(mx.minimum(-g, 88.0)))
@@ -43,6 +45,27 @@ def fast_swiglu(gate:mx.array, x:mx.array) -> mx.array:
     "`silu(gate) * x`, as mlx-lm's `swiglu`, with a faster `exp` in float32."
     if gate.dtype != mx.float32 or x.dtype != mx.float32: return activations.swiglu(gate, x)
     return _swiglu32(gate, x)
+
+# %% ../nbs/02d_kernels.ipynb #c0fc8a5a
+@mx.custom_function
+def _softmax32(s:mx.array) -> mx.array:
+    e = fast_exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+@_softmax32.vjp
+def _softmax32_vjp(primals, cotangent, output):
+    return (output * (cotangent - (cotangent * output).sum(-1, keepdims=True)),)
+
+def fast_softmax(s:mx.array) -> mx.array:
+    "Softmax over the last axis, as `mx.softmax(s, axis=-1, precise=True)`, with a faster `exp` in float32."
+    return _softmax32(s) if s.dtype == mx.float32 else mx.softmax(s, axis=-1, precise=True)
+
+def _median_ms(f, n:int=5) -> float:
+    mx.eval(f())
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter(); mx.eval(f()); ts.append(time.perf_counter() - t)
+    return sorted(ts)[n // 2] * 1e3
 
 # %% ../nbs/02d_kernels.ipynb #91685e54
 def grouped_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
@@ -62,18 +85,11 @@ def grouped_attention(queries, keys, values, cache=None, scale:float=1.0, mask=N
         if mask.ndim >= 3:  # (..., heads or 1, L, S) -> (..., key heads or 1, r or 1, L, S)
             mask = mx.expand_dims(mask, -3) if mask.shape[-3] == 1 else mask.reshape(*mask.shape[:-3], KV, r, L, S)
         s = mx.where(mask, s, mx.finfo(s.dtype).min) if mask.dtype == mx.bool_ else s + mask.astype(s.dtype)
-    p = mx.softmax(s, axis=-1, precise=True).reshape(B, KV, r * L, S)
+    p = fast_softmax(s).reshape(B, KV, r * L, S)
     out = (p.swapaxes(-1, -2) * values).sum(-2, keepdims=True) if r * L == 1 else p @ values
     return out.reshape(B, H, L, -1)
 
 _one_token = {}  # (heads, key heads, head dim) -> whether `grouped_attention` beat MLX's for one new token on this machine
-
-def _median_ms(f, n:int=5) -> float:
-    mx.eval(f())
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter(); mx.eval(f()); ts.append(time.perf_counter() - t)
-    return sorted(ts)[n // 2] * 1e3
 
 def one_token_fast(heads:int, kv_heads:int, head_dim:int, keys:int=256) -> bool:
     "Whether `grouped_attention` is faster than MLX's attention for one new token on `keys` cached ones, for 1 and 8 sequences: measured once per head shape (milliseconds)."
