@@ -6,7 +6,7 @@ Docs: https://finetune-dev.github.io/finetune/ui.html.md"""
 
 # %% ../nbs/11b_ui.ipynb #876ec04f
 from __future__ import annotations
-import html, json, subprocess, sys
+import html, json, signal, subprocess, sys, threading
 from pathlib import Path
 import ipywidgets as W
 from .callbacks import read_metrics
@@ -122,5 +122,16 @@ def serve_ui(port:int=8866, open_browser:bool=False, **overrides) -> int:
         raise FinetuneError("Voila is not installed, so the dashboard cannot be served.", hint="pip install voila (it is a dependency of finetune).")
     nb = dashboard_notebook(finetune_home()/"ui"/"dashboard.ipynb", **overrides)
     print(f"finetune dashboard: http://127.0.0.1:{port}/  (Ctrl-C to stop)", flush=True)
-    try: return subprocess.call(voila_command(nb, port, open_browser))
+    proc = subprocess.Popen(voila_command(nb, port, open_browser))
+    # Stopped with SIGTERM (a process manager, `kill`), this process would die and leave Voila and its kernels running:
+    # pass the signal on, then wait for Voila to shut its kernels down.
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, lambda *_: proc.terminate()) if main else None
+    try: return proc.wait()
     except KeyboardInterrupt: return 0
+    finally:
+        if main: signal.signal(signal.SIGTERM, old)
+        if proc.poll() is None:
+            proc.terminate()
+            try: proc.wait(20)
+            except subprocess.TimeoutExpired: proc.kill()

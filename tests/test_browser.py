@@ -233,3 +233,15 @@ def test_ft_ui_in_browser(browser, tmp_path):
         try: proc.wait(20)
         except subprocess.TimeoutExpired: proc.kill()
         log.close()
+    # `ft ui` stopped with SIGTERM takes Voila and its kernels with it (their command lines name files under tmp_path)
+    try: _wait(lambda: not _processes_naming(tmp_path), 30, "Voila and its kernels to exit after `ft ui` was terminated")
+    except AssertionError as e: raise AssertionError(f"{e}; still running: {_processes_naming(tmp_path)}") from None
+
+def _processes_naming(path) -> list[str]:
+    "Command lines of this machine's processes that mention `path` (Linux: /proc), other than this one."
+    out = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try: cmd = (d/"cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError: continue
+        if str(path) in cmd and int(d.name) != os.getpid(): out.append(cmd)
+    return out
