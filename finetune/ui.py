@@ -130,7 +130,7 @@ def serve_ui(port:int=8866, open_browser:bool=False, **overrides) -> int:
     try: return proc.wait()
     except KeyboardInterrupt: return 0
     finally:
-        if main: signal.signal(signal.SIGTERM, old)
+        if main: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)  # None: set outside Python
         if proc.poll() is None:
             proc.terminate()
             try: proc.wait(20)
