@@ -409,7 +409,7 @@ def profile_step(config:dict, reps:int=5) -> dict:
         both("attention", lambda bw: _fwd_bwd(sdpa, q, kv, kv, backward=bw))
         both("of which softmax", lambda bw: _fwd_bwd(softmax, rnd(B, nh, L, L), backward=bw))
         both("rotary embedding", lambda bw: _fwd_bwd(lambda q, k: a.rope(q).sum() + a.rope(k).sum(), q, kv, backward=bw))
-        both("activation (SwiGLU)", lambda bw: _fwd_bwd(fast_swiglu if kernels_wanted() else swiglu, rnd(B, L, I), rnd(B, L, I), backward=bw))
+        both("activation (SwiGLU)", lambda bw: _fwd_bwd(fast_swiglu if fast else swiglu, rnd(B, L, I), rnd(B, L, I), backward=bw))
         both("norms", lambda bw: _fwd_bwd(lambda x: blk.input_layernorm(x) + blk.post_attention_layernorm(x + 1), rnd(B, L, H), backward=bw))
         jobs.append(("norms", 1, _fwd_bwd(model.model.norm, rnd(B, L, H))))
         split = split_head(model)
