@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Iterator
 import numpy as np
 from .data import TokenizedDataset
+from .kernels import fast_cross_entropy
 import mlx.core as mx
-import mlx.nn as nn
 
 # %% auto #0
 __all__ = ['pack_rows', 'plan_batches', 'num_batches', 'Batch', 'make_batch', 'iterate_batches', 'padding_stats', 'PackedMask',
@@ -161,12 +161,12 @@ def token_losses(model, inputs:mx.array, targets:mx.array, segments:mx.array|Non
     split = split_head(model) if positions is not None else None
     if split is None:
         logits = model(inputs) if cache is None else model(inputs, cache=cache)
-        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets)
+        ce = fast_cross_entropy(logits.astype(mx.float32), targets)
         return ce if positions is None else ce.reshape(-1)[positions]
     body, head = split
     h = body(inputs) if cache is None else body(inputs, cache=cache)
     h = h.reshape(-1, h.shape[-1])[positions]
-    return nn.losses.cross_entropy(head(h).astype(mx.float32), targets.reshape(-1)[positions])
+    return fast_cross_entropy(head(h).astype(mx.float32), targets.reshape(-1)[positions])
 
 def loss_fn(model, inputs:mx.array, targets:mx.array, weights:mx.array, segments:mx.array|None=None, positions:mx.array|None=None):
     "Mean cross-entropy over weighted targets and the weight total: (loss, n_tokens); logits only at `positions` if given."

@@ -50,14 +50,15 @@ class BenchSpec:
     bf16_batch_size:int=2      # batch size of the bfloat16 runs (mlx_lm.lora computes in bfloat16 there: slow on a CPU)
     bf16_max_seq_length:int=128 # longest row of the bfloat16 runs
     profile:bool=False         # measure where a training step's time goes, by op type
+    untuned:bool=False         # one more finetune run without finetune's CPU settings (FINETUNE_CPU_TUNING=off; every other run has them)
     seed:int=0
 
 QUICK = BenchSpec(n_layers=2, hidden_size=128, n_heads=4, n_kv_heads=2, intermediate_size=256, vocab_size=1024, n_train=240,
                   n_valid=16, median_words=20, max_words=100, max_seq_length=256, iters=8, reps=1, lora_layers=2,
                   stock_iters=3, gc_iters=2)
 
-REAL = BenchSpec(real_model="smollm2-135m", n_train=400, n_valid=32, median_notes=4, max_notes=12, iters=10, reps=2, learning_rate=2e-4, lora_layers=-1,
-                 systems=("mlx_lm", "mlx_lm_fixed", "finetune", "finetune_qlora"), stock_iters=0, gc_iters=0, bf16_iters=4, profile=True)
+REAL = BenchSpec(real_model="smollm2-135m", n_train=40, n_valid=32, median_notes=4, max_notes=12, iters=10, reps=2, learning_rate=2e-4, lora_layers=-1,
+                 systems=("mlx_lm", "mlx_lm_fixed", "finetune", "finetune_qlora"), stock_iters=0, gc_iters=0, bf16_iters=4, profile=True, untuned=True)
 
 WORKLOADS = {"synthetic": BenchSpec(), "real": REAL}
 
@@ -363,9 +364,8 @@ def _round_robin(jobs:list, reps:int) -> dict:
 # %% ../nbs/15_bench.ipynb #adaaa958
 def profile_step(config:dict, reps:int=5) -> dict:
     "Seconds a typical training step of `config` spends on each kind of work (each timed alone at the step's shapes), and the whole step."
-    import mlx.nn as nn
     from mlx_lm.models.activations import swiglu
-    from finetune.kernels import fast_attention, fast_kernels, fast_softmax, fast_swiglu, kernels_wanted
+    from finetune.kernels import fast_attention, fast_cross_entropy, fast_kernels, fast_softmax, fast_swiglu, kernels_wanted
     from finetune.batching import make_batch, plan_batches, split_head
     from finetune.config import as_config
     from finetune.data import prepare_data
@@ -416,7 +416,7 @@ def profile_step(config:dict, reps:int=5) -> dict:
         head = split[1] if split else (model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear)
         jobs.append(("output layer", 1, _fwd_bwd(head, rnd(P, H), compile=False)))
         tgt = mx.array(np.random.default_rng(0).integers(0, V, P), mx.int32)
-        jobs.append(("loss (cross-entropy)", 1, _fwd_bwd(lambda z: nn.losses.cross_entropy(z, tgt).sum(), rnd(P, V))))
+        jobs.append(("loss (cross-entropy)", 1, _fwd_bwd(lambda z: fast_cross_entropy(z, tgt).sum(), rnd(P, V))))
         parts = _round_robin(jobs, reps)
         step_s = parts.pop("step")
         other = step_s - sum(v for k, v in parts.items() if k != "of which softmax")
@@ -471,7 +471,8 @@ def _data_stats(paths:dict, spec:BenchSpec) -> tuple[list[int], float]:
 # %% ../nbs/15_bench.ipynb #ec19c973
 SYSTEMS = dict(mlx_lm="mlx_lm.lora", mlx_lm_fixed="mlx_lm.lora, length sort fixed", finetune="finetune", finetune_plot="finetune + live plot",
                finetune_qlora="finetune, QLoRA (4-bit)", mlx_lm_stock="mlx_lm.lora, bundled BLAS",
-               finetune_bf16="finetune, bf16 files", mlx_lm_fixed_bf16="mlx_lm.lora (fixed), bf16 files")
+               finetune_bf16="finetune, bf16 files", mlx_lm_fixed_bf16="mlx_lm.lora (fixed), bf16 files",
+               finetune_untuned="finetune, CPU settings off")
 
 def _run(system:str, spec:BenchSpec, paths:dict, runs:Path, name:str, log, skip:int, **env) -> dict:
     "One run of `system` in a worker, summarized."
@@ -498,7 +499,9 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
         for system in spec.systems[k:] + spec.systems[:k]: results[system].append(_run(system, spec, paths, runs, f"{system}-{rep}", log, spec.skip_steps))
     extra = {}
     if spec.stock_iters:
-        extra["mlx_lm_stock"] = _run("mlx_lm_stock", dataclasses.replace(spec, iters=spec.stock_iters), paths, runs, "mlx_lm_stock", log, 1, FINETUNE_BLAS="off")
+        extra["mlx_lm_stock"] = _run("mlx_lm_stock", dataclasses.replace(spec, iters=spec.stock_iters), paths, runs, "mlx_lm_stock", log, 1, FINETUNE_BLAS="off", FINETUNE_CPU_TUNING="off")
+    if spec.untuned:  # what the heap and native-kernel settings of `import finetune` give (every run above has them)
+        extra["finetune_untuned"] = _run("finetune_untuned", spec, paths, runs, "finetune_untuned", log, spec.skip_steps, FINETUNE_CPU_TUNING="off")
     for system in ("finetune_bf16", "mlx_lm_fixed_bf16") if spec.bf16_iters else ():
         extra[system] = _run(system, spec, paths, runs, system, log, 1)
     gc = {}
@@ -528,7 +531,7 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
 
 # %% ../nbs/15_bench.ipynb #95f9d7ba
 TARGETS = dict(speedup=1.6, val_loss_rel=0.02, utilization=0.35, qlora_step=1.5, bf16_speedup=20.0, grad_checkpoint_cut=0.30, liveplot_cost=0.03)
-ORDER = ["finetune", "finetune_plot", "finetune_qlora", "mlx_lm_fixed", "mlx_lm", "mlx_lm_stock", "finetune_bf16", "mlx_lm_fixed_bf16"]
+ORDER = ["finetune", "finetune_plot", "finetune_qlora", "finetune_untuned", "mlx_lm_fixed", "mlx_lm", "mlx_lm_stock", "finetune_bf16", "mlx_lm_fixed_bf16"]
 KEYS = ["useful_tokens_per_sec", "padding_waste", "peak_memory_gb", "max_rss_gb", "first_step_s", "val_loss", "final_train_loss", "longest_batch"]
 
 def _median(rows:list, key:str) -> float|None:
@@ -544,7 +547,7 @@ def _ratios(systems:dict, results:dict, gc:dict) -> dict:
              peak_memory_vs_fixed=div(v("finetune", "peak_memory_gb"), v("mlx_lm_fixed", "peak_memory_gb")),
              val_loss_vs_fixed=div(v("finetune", "val_loss"), v("mlx_lm_fixed", "val_loss")),
              qlora_step=div(v("finetune"), v("finetune_qlora")), qlora_peak_memory=div(v("finetune_qlora", "peak_memory_gb"), v("finetune", "peak_memory_gb")),
-             bf16_speedup=div(v("finetune_bf16"), v("mlx_lm_fixed_bf16")))
+             bf16_speedup=div(v("finetune_bf16"), v("mlx_lm_fixed_bf16")), cpu_settings_gain=div(v("finetune"), v("finetune_untuned")))
     tps = [x["summary"]["useful_tokens_per_sec"] for x in results.get("finetune", [])]
     r["run_to_run_spread"] = (max(tps) - min(tps)) / statistics.median(tps) if len(tps) > 1 else None
     if "finetune_plot" in results:
@@ -658,6 +661,11 @@ def markdown(res:dict) -> str:
     if "liveplot_cost" in r:
         lines.append(f"- live plot on: tokens/s {-r['liveplot_cost']:+.1%} against plot off (target: at most 3% lower, {ok('liveplot')}); drawing "
                      f"took {r['liveplot_time_share']:.2%} of the training time")
+    if r.get("cpu_settings_gain"):
+        lines.append(f"- every worker imports finetune first, so every row but one runs with its CPU settings (glibc keeps large buffers in "
+                     f"the heap; MLX's fused kernels compiled with -march=native) as well as its BLAS; finetune without them: "
+                     f"{res['systems']['finetune_untuned']['useful_tokens_per_sec']:.0f} useful tok/s, so they make it "
+                     f"**{r['cpu_settings_gain']:.2f}x** faster")
     if r.get("run_to_run_spread") is not None: lines.append(f"- identical finetune runs differ by {r['run_to_run_spread']:.1%}")
     if res.get("profile"): lines += _profile_md(res["profile"])
     return "\n".join(lines) + "\n"

@@ -91,7 +91,8 @@ def device_report(measure:bool=True) -> dict:
     return dict(backend=backend(), device=device_name(), platform=f"{platform.system()} {platform.machine()}",
                 python=platform.python_version(), mlx=mx.__version__, memory_total_gb=total_memory() / GB,
                 memory_gb=memory().gb(), memory_limit_gb=mx.get_memory_limit() / GB if hasattr(mx, "get_memory_limit") else None,
-                blas=b["name"], blas_path=b["path"], matmul_gflops=matmul_gflops() if measure else None)
+                blas=b["name"], blas_path=b["path"], matmul_gflops=matmul_gflops() if measure else None,
+                cpu_tuning=dict(getattr(finetune, "cpu_state", {})))
 
 def format_report(r:dict) -> str:
     "The device report as aligned text lines."
@@ -100,4 +101,6 @@ def format_report(r:dict) -> str:
              ("memory", f"{r['memory_total_gb']:.1f} GB total; active {m['active']:.2f}, peak {m['peak']:.2f}, cache {m['cache']:.2f}, process RSS {m['rss']:.2f} GB"),
              ("BLAS", r["blas"] + (f" [{r['blas_path']}]" if r["blas_path"] else "") +
                       (f", matmul {r['matmul_gflops']:.1f} GFLOP/s (float32, 1024x1024)" if r["matmul_gflops"] else ""))]
+    if (t := r.get("cpu_tuning")) and t.get("malloc") not in (None, "not needed"):
+        lines.append(("CPU", f"memory: {t['malloc']}; kernels: {t['jit']}"))
     return "\n".join(f"{k:<9} {v}" for k, v in lines)

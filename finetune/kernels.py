@@ -1,4 +1,4 @@
-"""Faster building blocks on the CPU: SwiGLU with a polynomial `exp` and attention without a swarm of tiny matrix products, put in place of mlx-lm's while a run trains or a server generates.
+"""Faster building blocks on the CPU: SwiGLU with a polynomial `exp`, attention without a swarm of tiny matrix products and a fused cross-entropy, put in place of mlx-lm's while a run trains or a server generates.
 
 Docs: https://finetune-dev.github.io/finetune/kernels.html.md"""
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 import math, os, sys, threading, time
 from contextlib import contextmanager
 import mlx.core as mx
+import mlx.nn as nn
 from mlx_lm.models import activations, base
 
 # %% auto #0
-__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'fast_swiglu', 'fast_softmax', 'grouped_attention', 'one_token_fast',
-           'fast_attention', 'kernels_wanted', 'fast_kernels']
+__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'native_kernels', 'fast_swiglu', 'fast_softmax', 'fast_cross_entropy',
+           'grouped_attention', 'one_token_fast', 'fast_attention', 'kernels_wanted', 'fast_kernels']
 
 # %% ../nbs/02d_kernels.ipynb #d5600e33
 LN2 = math.log(2)
@@ -29,8 +30,17 @@ def fast_exp(x:mx.array) -> mx.array:
     # a masked attention score would slow the softmax and the matrix products after it 5-fold
     return mx.where(x < -87.0, 0.0, p * ((k.astype(mx.int32) + 127) << 23).view(mx.float32))
 
+def native_kernels() -> bool:
+    "Whether MLX's fused CPU kernels are compiled for this machine (see `finetune.jit_native`)."
+    import finetune
+    return "-march=native" in str(getattr(finetune, "cpu_state", {}).get("jit"))
+
+def _exp32(x:mx.array) -> mx.array:
+    "exp(x) for the kernels: MLX's own where its fused kernels are native (`native_kernels`), else `fast_exp`; 0 below -87 either way."
+    return mx.where(x < -87.0, 0.0, mx.exp(x)) if native_kernels() else fast_exp(x)
+
 # %% ../nbs/02d_kernels.ipynb #4f7de20d
-def _sigmoid(g:mx.array) -> mx.array: return 1 / (1 + fast_exp(mx.minimum(-g, 88.0)))
+def _sigmoid(g:mx.array) -> mx.array: return 1 / (1 + _exp32(mx.minimum(-g, 88.0)))
 
 @mx.custom_function
 def _swiglu32(gate:mx.array, x:mx.array) -> mx.array: return gate * _sigmoid(gate) * x
@@ -49,7 +59,7 @@ def fast_swiglu(gate:mx.array, x:mx.array) -> mx.array:
 # %% ../nbs/02d_kernels.ipynb #c0fc8a5a
 @mx.custom_function
 def _softmax32(s:mx.array) -> mx.array:
-    e = fast_exp(s - s.max(-1, keepdims=True))
+    e = _exp32(s - s.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
 @_softmax32.vjp
@@ -66,6 +76,26 @@ def _median_ms(f, n:int=5) -> float:
     for _ in range(n):
         t = time.perf_counter(); mx.eval(f()); ts.append(time.perf_counter() - t)
     return sorted(ts)[n // 2] * 1e3
+
+# %% ../nbs/02d_kernels.ipynb #b678973e
+@mx.custom_function
+def _cross_entropy32(logits:mx.array, targets:mx.array) -> mx.array:
+    m = mx.stop_gradient(logits.max(-1, keepdims=True))
+    lse = mx.log(mx.exp(logits - m).sum(-1, keepdims=True)) + m
+    return (lse - mx.take_along_axis(logits, targets[..., None], -1)).squeeze(-1)
+
+@_cross_entropy32.vjp
+def _cross_entropy32_vjp(primals, cotangent, output):
+    z, t = primals
+    lse = output[..., None] + mx.take_along_axis(z, t[..., None], -1)  # the loss is lse minus the target's logit
+    hot = mx.arange(z.shape[-1], dtype=t.dtype) == t[..., None]
+    return (mx.exp(z - lse) - hot) * cotangent[..., None], mx.zeros_like(t)
+
+def fast_cross_entropy(logits:mx.array, targets:mx.array) -> mx.array:
+    "Cross-entropy of each row of `logits` (last axis) against integer `targets`, as `mlx.nn.losses.cross_entropy`; one fused pass each way where `kernels_wanted()` and `native_kernels()`."
+    if logits.dtype == mx.float32 and kernels_wanted() and native_kernels(): return _cross_entropy32(logits, targets)
+    return nn.losses.cross_entropy(logits, targets)
+
 
 # %% ../nbs/02d_kernels.ipynb #91685e54
 def grouped_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
