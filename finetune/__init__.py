@@ -75,24 +75,26 @@ def tune_malloc(keep_gb:float=1.0) -> str:
 
 # %% ../nbs/02a_blas.ipynb #ca323d5e
 def jit_wrapper(compiler:str) -> str:
-    "A `g++` that runs `compiler`, adding `-march=native` when the file compiled is one of MLX's CPU kernels."
+    "A `g++` that runs `compiler`, adding `-march=native -ffp-contract=off` when the file compiled is one of MLX's CPU kernels."
     q = "'" + compiler.replace("'", "'\\''") + "'"
     return (f"#!/bin/sh\n# Written by finetune ({CPU_ENV}=off stops it): MLX compiles its fused CPU kernels with no target flags;\n"
             f"# give those this machine's instruction set. Every other compilation passes through unchanged.\n"
-            f'case "$*" in\n  */mlx/*/cpu/*.cpp*) exec {q} -march=native "$@" ;;\nesac\nexec {q} "$@"\n')
+            f'case "$*" in\n  */mlx/*/cpu/*.cpp*) exec {q} -march=native -ffp-contract=off "$@" ;;\nesac\nexec {q} "$@"\n')
 
 def _jit_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base)/"finetune"/"jit"
 
 def jit_native(folder=None) -> str:
-    "Put `jit_wrapper` first on `PATH` (written to `folder`) where g++ takes `-march=native`; what was done."
+    "Put `jit_wrapper` first on `PATH` (written under `folder`, one per g++) where g++ takes `-march=native`; what was done."
     import shutil, subprocess, tempfile
     if not sys.platform.startswith("linux"): return "not needed"
-    folder = Path(folder) if folder else _jit_dir()
-    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != folder]
+    import hashlib
+    base = Path(folder) if folder else _jit_dir()
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).parent != base]
     real = shutil.which("g++", path=os.pathsep.join(path))
     if not real: return "no g++: MLX runs its kernels unfused"
+    folder = base/hashlib.sha1(real.encode()).hexdigest()[:12]  # one script per compiler: processes with other PATHs do not overwrite each other's
     text, exe = jit_wrapper(real), folder/"g++"
     try: fresh = exe.read_text() != text
     except OSError: fresh = True
