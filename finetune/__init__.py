@@ -87,9 +87,8 @@ def _jit_dir() -> Path:
 
 def jit_native(folder=None) -> str:
     "Put `jit_wrapper` first on `PATH` (written under `folder`, one per g++) where g++ takes `-march=native`; what was done."
-    import shutil, subprocess, tempfile
+    import hashlib, shutil, subprocess, tempfile
     if not sys.platform.startswith("linux"): return "not needed"
-    import hashlib
     base = Path(folder) if folder else _jit_dir()
     path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).parent != base]
     real = shutil.which("g++", path=os.pathsep.join(path))
