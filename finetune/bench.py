@@ -662,8 +662,9 @@ def markdown(res:dict) -> str:
         lines.append(f"- live plot on: tokens/s {-r['liveplot_cost']:+.1%} against plot off (target: at most 3% lower, {ok('liveplot')}); drawing "
                      f"took {r['liveplot_time_share']:.2%} of the training time")
     if r.get("cpu_settings_gain"):
-        lines.append(f"- every worker imports finetune first, so every row but one runs with its CPU settings (glibc keeps large buffers in "
-                     f"the heap; MLX's fused kernels compiled with -march=native) as well as its BLAS; finetune without them: "
+        lines.append(f"- every worker imports finetune first, so every row but 'CPU settings off' and 'bundled BLAS' runs with its CPU "
+                     f"settings (glibc keeps large buffers in the heap; MLX's fused kernels compiled with -march=native) as well as its "
+                     f"BLAS; finetune without them: "
                      f"{res['systems']['finetune_untuned']['useful_tokens_per_sec']:.0f} useful tok/s, so they make it "
                      f"**{r['cpu_settings_gain']:.2f}x** faster")
     if r.get("run_to_run_spread") is not None: lines.append(f"- identical finetune runs differ by {r['run_to_run_spread']:.1%}")

@@ -92,7 +92,7 @@ def device_report(measure:bool=True) -> dict:
                 python=platform.python_version(), mlx=mx.__version__, memory_total_gb=total_memory() / GB,
                 memory_gb=memory().gb(), memory_limit_gb=mx.get_memory_limit() / GB if hasattr(mx, "get_memory_limit") else None,
                 blas=b["name"], blas_path=b["path"], matmul_gflops=matmul_gflops() if measure else None,
-                cpu_tuning=dict(getattr(finetune, "cpu_state", {})))
+                cpu_tuning=dict(finetune.cpu_state))
 
 def format_report(r:dict) -> str:
     "The device report as aligned text lines."

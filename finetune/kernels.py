@@ -33,7 +33,7 @@ def fast_exp(x:mx.array) -> mx.array:
 def native_kernels() -> bool:
     "Whether MLX's fused CPU kernels are compiled for this machine (see `finetune.jit_native`)."
     import finetune
-    return "-march=native" in str(getattr(finetune, "cpu_state", {}).get("jit"))
+    return finetune.cpu_state["native"]
 
 def _exp32(x:mx.array) -> mx.array:
     "exp(x) for the kernels: MLX's own where its fused kernels are native (`native_kernels`), else `fast_exp`; 0 below -87 either way."
