@@ -92,7 +92,13 @@ def device_report(measure:bool=True) -> dict:
                 python=platform.python_version(), mlx=mx.__version__, memory_total_gb=total_memory() / GB,
                 memory_gb=memory().gb(), memory_limit_gb=mx.get_memory_limit() / GB if hasattr(mx, "get_memory_limit") else None,
                 blas=b["name"], blas_path=b["path"], matmul_gflops=matmul_gflops() if measure else None,
-                cpu_tuning=dict(finetune.cpu_state))
+                cpu_tuning=dict(finetune.cpu_state), native=_native_status() if backend() == "cpu" else None)
+
+def _native_status() -> str:
+    "What the native quantized kernel (see `finetune.native`) is doing here; building it on first use."
+    from finetune.native import native_lib, native_state
+    native_lib()
+    return native_state["status"]
 
 def format_report(r:dict) -> str:
     "The device report as aligned text lines."
@@ -103,4 +109,5 @@ def format_report(r:dict) -> str:
                       (f", matmul {r['matmul_gflops']:.1f} GFLOP/s (float32, 1024x1024)" if r["matmul_gflops"] else ""))]
     if (t := r.get("cpu_tuning")) and t.get("malloc") not in (None, "not needed"):
         lines.append(("CPU", f"memory: {t['malloc']}; kernels: {t['jit']}"))
+    if r.get("native"): lines.append(("quantized", f"generation kernel: {r['native']}"))
     return "\n".join(f"{k:<9} {v}" for k, v in lines)

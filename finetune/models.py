@@ -13,6 +13,7 @@ from .errors import ModelError, RegistryError
 from .files import RunDir, atomic_write, index_file, read_index
 from .device import backend
 from .gguf import gguf_file_type, import_gguf, is_gguf
+from .native import native_fits, native_matmul
 from .tiny import demo_model_dir, finetune_home
 import mlx.core as mx
 import mlx.nn as nn
@@ -204,7 +205,7 @@ def describe_dtype(model_or_info) -> str:
     return f"{d} ({'; '.join(parts)})"
 
 # %% ../nbs/03_models.ipynb #ab9b3126
-QMM_MIN_ROWS = 4         # below this many input rows (token-by-token generation) MLX's own quantized matmul is faster
+QMM_MIN_ROWS = 4         # without the native kernel: below this many input rows MLX's own quantized matmul is faster
 DEQUANT_ELEMENTS = 1<<20 # weights dequantized at a time: SmolLM2's 49,152 x 576 output layer goes in 28 slices
 
 def affine_dequantize(w:mx.array, scales:mx.array, biases:mx.array, group_size:int, bits:int, dtype=mx.float32) -> mx.array:
@@ -235,10 +236,11 @@ def dequantized_matmul(group_size:int, bits:int, mode:str="affine", rows:int=1<<
 
 # %% ../nbs/03_models.ipynb #57409e44
 def _quantized_matmul(m, x, as_linear:bool=False):
-    "`x @ W.T` for quantized layer `m` by `dequantized_matmul` when `x` has enough rows, else None."
-    if x.size // max(x.shape[-1], 1) < QMM_MIN_ROWS: return None
+    "`x @ W.T` for quantized layer `m`: the native kernel for a few rows where it runs, `dequantized_matmul` for many; None: MLX's own."
     w, mode = m["weight"], getattr(m, "mode", "affine")
     sb = [m["scales"]] + ([m["biases"]] if m.get("biases") is not None else [])
+    if native_fits(x, sb[0], m.get("biases"), m.group_size, m.bits, mode): return native_matmul(m.group_size, m.bits)(x, w, *sb)
+    if x.size // max(x.shape[-1], 1) < QMM_MIN_ROWS: return None
     rows = max(1, DEQUANT_ELEMENTS // (w.shape[1] * 32 // m.bits))
     return dequantized_matmul(m.group_size, m.bits, mode, rows)(x, w, *sb)
 

@@ -263,9 +263,14 @@ def serve_benchmark(out="bench-results/serve", # Folder for results.json and res
         gguf = _gguf_for(model, kind, out)
         if gguf is None: continue
         log(f"llama.cpp on {gguf.name}")
-        r = llama_cpp_single(gguf, convs[:quant_chats], max_tokens)
-        if r is None: log("  xllamacpp is not installed: skipped"); break
-        res["llama_cpp"][kind] = {k: v for k, v in r.items() if k != "replies"} | dict(file=gguf.name)
+        tried = {}
+        for th in sorted({1, os.cpu_count() or 1}):  # llama.cpp at its best: on a small model one thread can beat two
+            if (r := llama_cpp_single(gguf, convs[:quant_chats], max_tokens, threads=th)) is None: break
+            tried[th] = r; log(f"  {th} thread(s): {r['stream_tps']:.1f} tok/s a stream")
+        if not tried: log("  xllamacpp is not installed: skipped"); break
+        th, r = max(tried.items(), key=lambda kv: kv[1]["stream_tps"])
+        res["llama_cpp"][kind] = {k: v for k, v in r.items() if k != "replies"} | dict(
+            file=gguf.name, threads=th, stream_tps_by_threads={t: x["stream_tps"] for t, x in tried.items()})
         res["answers"][f"llama.cpp-{kind}"] = [x["text"] for x in r["replies"]]
         _save(res, out)
     base = res["answers"].get("ft")
@@ -308,7 +313,13 @@ def markdown(res:dict) -> str:
                      f"{_rng(_pick(res, s, hi, 'cpu_ms'), '{:.0f}')} | {_rng(_pick(res, s, lo, 'total_tps'))} | "
                      f"{_rng(_pick(res, s, lo, 'ttft'), '{:.2f} s')} | {_rng(_pick(res, s, lo, 'stream_tps'))} | {_rng(_pick(res, s, lo, 'cpu_ms'), '{:.0f}')} |")
     for kind, r in res.get("llama_cpp", {}).items():
-        lines.append(f"| llama.cpp ({r['file']}, 1 stream) | – | – | – | {r['total_tps']:.1f} | {r['ttft']:.2f} s | {r['stream_tps']:.1f} | – |")
+        th = f", {r['threads']} thread{'s' if r['threads'] > 1 else ''}" if r.get("threads") else ""
+        lines.append(f"| llama.cpp ({r['file']}, 1 stream{th}) | – | – | – | {r['total_tps']:.1f} | {r['ttft']:.2f} s | {r['stream_tps']:.1f} | – |")
+    same = [(f"ft-q{b}", k) for b, k in ((4, "source"), (8, "q8_0")) if f"ft-q{b}" in systems and k in res.get("llama_cpp", {})]
+    if same:
+        lines += ["", "Quantized single stream against llama.cpp on the same quantization (its faster thread count), each repetition: " +
+                  "; ".join(f"{s} / llama.cpp {res['llama_cpp'][k]['file']}: " + _rng([x / res['llama_cpp'][k]['stream_tps']
+                            for x in _pick(res, s, lo, 'stream_tps') if x], '{:.2f}x') for s, k in same) + "."]
     if "mlx_lm" in systems and "ft" in systems:
         ratio = lambda key, c: [a / b for a, b in zip(_pick(res, "ft", c, key), _pick(res, "mlx_lm", c, key)) if a and b]
         lines += ["", "`ft serve` / `mlx_lm.server` (same BLAS), each repetition side by side:", "",
