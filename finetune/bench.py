@@ -190,10 +190,11 @@ def mlx_lm_config(spec:BenchSpec, paths:dict, out, **overrides) -> dict:
                 save_every=10**6, max_seq_length=spec.max_seq_length, grad_checkpoint=False, mask_prompt=True,
                 lora_parameters=dict(rank=spec.lora_rank, dropout=0.0, scale=spec.lora_alpha / spec.lora_rank, keys=LORA_KEYS)) | overrides
 
-def system_config(system:str, spec:BenchSpec, paths:dict, folder) -> dict:
-    "The config of one run of `system` (see `SYSTEMS`), writing under `folder`."
+def system_config(system:str, spec:BenchSpec, paths:dict, folder, seed:int|None=None) -> dict:
+    "The config of one run of `system` (see `SYSTEMS`), writing under `folder`; `seed`: the run's seed (default `spec.seed`; the data stay the same)."
     folder, bf16 = Path(folder), system.endswith("_bf16")
     o = dict(iters=spec.bf16_iters, batch_size=spec.bf16_batch_size, max_seq_length=spec.bf16_max_seq_length) if bf16 else {}
+    if seed is not None: o["seed"] = seed
     if system.startswith("mlx_lm"): return mlx_lm_config(spec, paths, folder/"adapters", **o, **({"model": str(paths["model_bf16"])} if bf16 else {}))
     if bf16: o["model"] = str(paths["model_bf16"])
     if system == "finetune_qlora": o.update(quantize_bits=4, quantize_group_size=32)  # SmolLM2's Q4_1 GGUF is 4 bits in groups of 32
@@ -474,9 +475,10 @@ SYSTEMS = dict(mlx_lm="mlx_lm.lora", mlx_lm_fixed="mlx_lm.lora, length sort fixe
                finetune_bf16="finetune, bf16 files", mlx_lm_fixed_bf16="mlx_lm.lora (fixed), bf16 files",
                finetune_untuned="finetune, CPU settings off")
 
-def _run(system:str, spec:BenchSpec, paths:dict, runs:Path, name:str, log, skip:int, **env) -> dict:
-    "One run of `system` in a worker, summarized."
-    r = run_worker(system.replace("_stock", ""), system_config(system, spec, paths, runs/name), runs, name, env=env or None)
+def _run(system:str, spec:BenchSpec, paths:dict, runs:Path, name:str, log, skip:int, seed:int|None=None, **env) -> dict:
+    "One run of `system` in a worker (seeded with `seed`, default `spec.seed`), summarized."
+    r = run_worker(system.replace("_stock", ""), system_config(system, spec, paths, runs/name, seed), runs, name, env=env or None)
+    r["seed"] = spec.seed if seed is None else seed
     r["adapters"] = str(runs/name/"adapters") if system.startswith("mlx_lm") else r["run_dir"]
     r["summary"] = summarize(r, skip)
     log(f"{name:24s} {r['summary']['useful_tokens_per_sec']:8.1f} useful tok/s, peak {r['summary']['peak_memory_gb']:.2f} GB")
@@ -496,7 +498,8 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
     results = {s: [] for s in spec.systems}
     for rep in range(spec.reps):
         k = rep % len(spec.systems)
-        for system in spec.systems[k:] + spec.systems[:k]: results[system].append(_run(system, spec, paths, runs, f"{system}-{rep}", log, spec.skip_steps))
+        for system in spec.systems[k:] + spec.systems[:k]:  # repetition i seeds every system with seed + i: the validation losses pair up by seed
+            results[system].append(_run(system, spec, paths, runs, f"{system}-{rep}", log, spec.skip_steps, seed=spec.seed + rep))
     extra = {}
     if spec.stock_iters:
         extra["mlx_lm_stock"] = _run("mlx_lm_stock", dataclasses.replace(spec, iters=spec.stock_iters), paths, runs, "mlx_lm_stock", log, 1, FINETUNE_BLAS="off", FINETUNE_CPU_TUNING="off")
@@ -548,6 +551,8 @@ def _ratios(systems:dict, results:dict, gc:dict) -> dict:
              val_loss_vs_fixed=div(v("finetune", "val_loss"), v("mlx_lm_fixed", "val_loss")),
              qlora_step=div(v("finetune"), v("finetune_qlora")), qlora_peak_memory=div(v("finetune_qlora", "peak_memory_gb"), v("finetune", "peak_memory_gb")),
              bf16_speedup=div(v("finetune_bf16"), v("mlx_lm_fixed_bf16")), cpu_settings_gain=div(v("finetune"), v("finetune_untuned")))
+    vl = lambda s: [x["summary"].get("val_loss") for x in results.get(s, [])]
+    r["val_loss_vs_fixed_by_seed"] = [a / b for a, b in zip(vl("finetune"), vl("mlx_lm_fixed")) if a is not None and b]
     tps = [x["summary"]["useful_tokens_per_sec"] for x in results.get("finetune", [])]
     r["run_to_run_spread"] = (max(tps) - min(tps)) / statistics.median(tps) if len(tps) > 1 else None
     if "finetune_plot" in results:
@@ -638,7 +643,9 @@ def markdown(res:dict) -> str:
               + (f"; against it on MLX's bundled BLAS: **{r['speedup_vs_stock']:.1f}x**" if r.get("speedup_vs_stock") else "")
               + f"; the fix alone makes mlx_lm.lora {fmt(r['fix_gain'], '.2f')}x faster",
               f"- peak memory, finetune / fixed mlx_lm.lora: {fmt(r['peak_memory_vs_fixed'], '.2f')} (target at most 1: {ok('peak_memory')}); "
-              f"final validation loss ratio {fmt(r['val_loss_vs_fixed'], '.3f')} (target within 2%: {ok('val_loss')})"]
+              f"final validation loss ratio {fmt(r['val_loss_vs_fixed'], '.3f')} (medians; target within 2%: {ok('val_loss')})"
+              + (f"; seed by seed (both seeded alike in each repetition): {', '.join(f'{x:.3f}' for x in r['val_loss_vs_fixed_by_seed'])}"
+                 if len(r.get("val_loss_vs_fixed_by_seed") or []) > 1 else "")]
     if "utilization" in res["targets"]:
         lines.append(f"- utilization of the float32 matmul peak: {res['systems']['finetune']['utilization']:.1%} (target "
                      f"{TARGETS['utilization']:.0%}: {ok('utilization')})")

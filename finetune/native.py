@@ -141,7 +141,7 @@ int ft_qmv(const float *x, int M, int K, const uint8_t *w, const float *s, const
 
 # %% ../nbs/02e_native.ipynb #90731388
 NATIVE_ENV = "FINETUNE_NATIVE"
-NATIVE_MAX_ROWS = 8  # inputs with at most this many rows (generation, a token per sequence) take the native kernel
+NATIVE_MAX_ROWS = 16  # inputs with at most this many rows (generation: a token per sequence) take the native kernel
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
 native_state = dict(status="not attempted", path=None)
 
