@@ -6,15 +6,16 @@ Docs: https://finetune-dev.github.io/finetune/kernels.html.md"""
 
 # %% ../nbs/02d_kernels.ipynb #1cc2b783
 from __future__ import annotations
-import math, os, sys, threading, time
+import functools, math, os, sys, threading, time
 from contextlib import contextmanager
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import activations, base
 
 # %% auto #0
-__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'fast_exp', 'native_kernels', 'fast_swiglu', 'fast_softmax', 'fast_cross_entropy',
-           'grouped_attention', 'one_token_fast', 'fast_attention', 'kernels_wanted', 'fast_kernels']
+__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'DECODE_ROWS', 'fast_exp', 'native_kernels', 'fast_swiglu', 'fast_softmax',
+           'fast_cross_entropy', 'grouped_attention', 'one_token_fast', 'fast_attention', 'decode_rms_norm',
+           'decode_rope', 'kernels_wanted', 'fast_kernels']
 
 # %% ../nbs/02d_kernels.ipynb #d5600e33
 LN2 = math.log(2)
@@ -142,9 +143,36 @@ def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None
     return (base.scaled_dot_product_attention if mlx else grouped_attention)(queries, keys, values, cache, scale, mask, sinks)
 
 
+# %% ../nbs/02d_kernels.ipynb #eeea7788
+DECODE_ROWS = 16  # inputs with at most this many rows count as a decoding step's
+_RMS_NORM, _ROPE = mx.fast.rms_norm, mx.fast.rope  # MLX's own
+
+@functools.lru_cache(maxsize=None)
+def _rms_norm_compiled(eps:float): return mx.compile(lambda x, w: _RMS_NORM(x, w, eps))
+
+def decode_rms_norm(x:mx.array, weight:mx.array|None, eps:float, **kw) -> mx.array:
+    "`mx.fast.rms_norm`, compiled into fused operations for the few rows of a decoding step; MLX's own otherwise."
+    if weight is None or kw or x.size // max(x.shape[-1], 1) > DECODE_ROWS: return _RMS_NORM(x, weight, eps, **kw)
+    return _rms_norm_compiled(float(eps))(x, weight)
+
+@functools.lru_cache(maxsize=None)
+def _rope_compiled(dims:int, traditional:bool, base, scale:float, with_freqs:bool):
+    if with_freqs: return mx.compile(lambda x, o, f: _ROPE(x, dims, traditional=traditional, base=None, scale=scale, offset=o, freqs=f))
+    return mx.compile(lambda x, o: _ROPE(x, dims, traditional=traditional, base=base, scale=scale, offset=o))
+
+def decode_rope(x:mx.array, dims:int, *, traditional:bool, base, scale:float, offset, freqs=None, **kw) -> mx.array:
+    "`mx.fast.rope`, compiled for one position per sequence (a decoding step) with the position as an input; MLX's own otherwise."
+    if kw or x.ndim < 2 or x.shape[-2] != 1:
+        return _ROPE(x, dims, traditional=traditional, base=base, scale=scale, offset=offset, freqs=freqs, **kw)
+    o = offset if isinstance(offset, mx.array) else mx.array(offset, dtype=mx.int32)
+    f = _rope_compiled(dims, traditional, None if freqs is not None else base, scale, freqs is not None)
+    return f(x, o) if freqs is None else f(x, o, freqs)
+
 # %% ../nbs/02d_kernels.ipynb #743f9f43
 _lock, _active = threading.Lock(), {}  # (module name, function name) -> how many users have the fast one in place now
-_KERNELS = {"swiglu": (activations.swiglu, fast_swiglu), "scaled_dot_product_attention": (base.scaled_dot_product_attention, fast_attention)}
+_KERNELS = {"swiglu": (activations.swiglu, fast_swiglu), "scaled_dot_product_attention": (base.scaled_dot_product_attention, fast_attention),
+            "rms_norm": (_RMS_NORM, decode_rms_norm), "rope": (_ROPE, decode_rope)}
+_FAST = "mlx.core.fast"  # where nn.RMSNorm and nn.RoPE look up rms_norm and rope
 
 def kernels_wanted() -> bool:
     "Whether runs use the fast kernels: on the CPU, unless FINETUNE_FAST_KERNELS=0."
@@ -161,22 +189,25 @@ def _heads(model) -> tuple|None:
 @contextmanager
 def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
                  swiglu:bool=True,              # Put `fast_swiglu` in place of `swiglu`
-                 attention:bool=True):          # Put `fast_attention` in place of `scaled_dot_product_attention`
+                 attention:bool=True,           # Put `fast_attention` in place of `scaled_dot_product_attention`
+                 decode:bool=True):             # Put `decode_rms_norm` and `decode_rope` in place of `mx.fast`'s
     "Within the block, `model`'s blocks use the fast kernels where their mlx-lm modules call mlx-lm's; the names of those modules."
     enabled = kernels_wanted() if enabled is None else enabled
     which = [f for f, on in (("swiglu", swiglu), ("scaled_dot_product_attention", attention)) if on]
     mods = {type(m).__module__ for _, m in model.named_modules()} if enabled else set()
+    where = lambda n: mx.fast if n == _FAST else sys.modules.get(n)  # noqa: E731
     with _lock:
         keys = [(n, f) for n in mods for f in which if getattr(sys.modules.get(n), f, None) in _KERNELS[f]]
+        keys += [(_FAST, f) for f in ("rms_norm", "rope") if enabled and decode and getattr(mx.fast, f) in _KERNELS[f]]
         for n, f in keys:
             _active[n, f] = _active.get((n, f), 0) + 1
-            setattr(sys.modules[n], f, _KERNELS[f][1])
+            setattr(where(n), f, _KERNELS[f][1])
     try:
         if any(f == "scaled_dot_product_attention" for _, f in keys) and (heads := _heads(model)): one_token_fast(*heads)  # here, outside any compiled step
-        yield sorted({n for n, _ in keys})
+        yield sorted({n for n, _ in keys if n != _FAST})
     finally:
         with _lock:
             for n, f in keys:
                 _active[n, f] -= 1
-                if not _active[n, f]: setattr(sys.modules[n], f, _KERNELS[f][0]); _active.pop((n, f))
+                if not _active[n, f]: setattr(where(n), f, _KERNELS[f][0]); _active.pop((n, f))
 
