@@ -28,7 +28,7 @@ QMV_SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 
-typedef struct { const float *x, *xs; int M, K; const uint8_t *w; const float *s, *b; int n0, n1, N, gs, bits; float *y; } job;
+typedef struct { const float *x, *xs; int M, Mreal, K; const uint8_t *w; const float *s, *b; int n0, n1, N, gs, bits; float *y; } job;
 
 static inline float hsum(__m256 v) {
     __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -72,15 +72,17 @@ static void one_row(const job *j) {
     }
 }
 
-// Several input rows, up to four at a time: each run of codes is dequantized once, in registers, and meets every row.
-static void few_rows(const job *j) {
+// Several input rows, B at a time (x is padded with zero rows to a multiple of B; only the real rows are written):
+// each run of codes is dequantized once, in registers, and meets all B rows, each with a sum of its own.
+static inline __attribute__((always_inline)) void rows_by(const job *j, const int B) {
     const int G = j->K / j->gs, rb = j->K * j->bits / 8, step = j->bits == 4 ? 16 : 8;
     const __m256i lo = _mm256_set1_epi32(15);
-    for (int m0 = 0; m0 < j->M; m0 += 4) {
-        const int mb = j->M - m0 < 4 ? j->M - m0 : 4;
+    for (int m0 = 0; m0 < j->M; m0 += B) {
+        const float *x = j->x + (size_t)m0 * j->K;
         for (int n = j->n0; n < j->n1; n++) {
             const uint8_t *r = j->w + (size_t)n * rb;
-            __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+            __m256 acc[8];
+            for (int i = 0; i < B; i++) acc[i] = _mm256_setzero_ps();
             for (int g = 0; g < G; g++) {
                 const __m256 sg = _mm256_set1_ps(j->s[(size_t)n * G + g]), bg = _mm256_set1_ps(j->b[(size_t)n * G + g]);
                 for (int k = g * j->gs; k < (g + 1) * j->gs; k += step) {
@@ -88,39 +90,42 @@ static void few_rows(const job *j) {
                     if (j->bits == 4) {
                         const __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, lo)), sg, bg);
                         const __m256 w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(q, 4)), sg, bg);
-                        for (int i = 0; i < mb; i++) {
-                            const float *xr = j->x + (size_t)(m0 + i) * j->K + k;
-                            acc[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc[i]);
-                            acc[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + 8), acc[i]);
+                        for (int i = 0; i < B; i++) {
+                            acc[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)i * j->K + k), acc[i]);
+                            acc[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + (size_t)i * j->K + k + 8), acc[i]);
                         }
                     } else {
                         const __m256 w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), sg, bg);
-                        for (int i = 0; i < mb; i++)
-                            acc[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(j->x + (size_t)(m0 + i) * j->K + k), acc[i]);
+                        for (int i = 0; i < B; i++) acc[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)i * j->K + k), acc[i]);
                     }
                 }
             }
-            for (int i = 0; i < mb; i++) j->y[(size_t)(m0 + i) * j->N + n] = hsum(acc[i]);
+            for (int i = 0; i < B && m0 + i < j->Mreal; i++) j->y[(size_t)(m0 + i) * j->N + n] = hsum(acc[i]);
         }
     }
 }
 
-static void *run(void *p) { const job *j = p; if (j->M == 1) one_row(j); else few_rows(j); return NULL; }
+static void rows4(const job *j) { rows_by(j, 4); }
+static void rows8(const job *j) { rows_by(j, 8); }
+
+static void *run(void *p) { const job *j = p; if (j->M == 1) one_row(j); else if (j->M == 4) rows4(j); else rows8(j); return NULL; }
 
 // y (M x N) = x (M x K) @ dequantize(w).T, the rows of w split over `threads` threads.
 // Returns 0 when done; 1: bits, group size or shapes the kernel does not take; 2: out of memory.
 int ft_qmv(const float *x, int M, int K, const uint8_t *w, const float *s, const float *b, int N, int gs, int bits,
            float *y, int threads) {
     if ((bits != 4 && bits != 8) || gs < 16 || gs % 16 || K % gs || M < 1 || N < 1) return 1;
-    const size_t n = (size_t)M * K;
-    float *xp = malloc(sizeof(float) * (n + K / gs));
+    const int Mp = M == 1 ? 1 : M <= 4 ? 4 : (M + 7) / 8 * 8;  // several rows: padded to a block of four, or whole blocks of eight
+    const size_t n = (size_t)M * K, np = (size_t)Mp * K;
+    float *xp = malloc(sizeof(float) * (np + K / gs));
     if (!xp) return 2;
-    float *xs = xp + n;
+    float *xs = xp + np;
     for (size_t r = 0; r < n; r += 16)  // at 4 bits each run of 16 becomes its 8 even elements, then its 8 odd ones: the nibbles' order
         for (int i = 0; i < 8; i++) {
             xp[r + i] = bits == 4 ? x[r + 2 * i] : x[r + i];
             xp[r + 8 + i] = bits == 4 ? x[r + 2 * i + 1] : x[r + 8 + i];
         }
+    for (size_t r = n; r < np; r++) xp[r] = 0;
     for (int g = 0; g < K / gs; g++) { float a = 0; for (int k = g * gs; k < (g + 1) * gs; k++) a += x[k]; xs[g] = a; }
     if (threads > 16) threads = 16;
     if (threads > N / 256) threads = N / 256;
@@ -129,7 +134,7 @@ int ft_qmv(const float *x, int M, int K, const uint8_t *w, const float *s, const
     pthread_t tid[16];
     int started[16] = {0};
     for (int t = 0; t < threads; t++) {
-        jobs[t] = (job){xp, xs, M, K, w, s, b, (int)((long)N * t / threads), (int)((long)N * (t + 1) / threads), N, gs, bits, y};
+        jobs[t] = (job){xp, xs, Mp, M, K, w, s, b, (int)((long)N * t / threads), (int)((long)N * (t + 1) / threads), N, gs, bits, y};
         if (t > 0) started[t] = pthread_create(&tid[t], NULL, run, &jobs[t]) == 0;
     }
     run(&jobs[0]);
@@ -203,8 +208,8 @@ def native_lib():
 
 # %% ../nbs/02e_native.ipynb #22ad4583
 def _threads(n:int, k:int) -> int:
-    "Threads for an `n x k` weight: one for the layers of a block; half the CPUs (their physical cores, often) for big output layers."
-    return max(1, min(8, (os.cpu_count() or 2) // 2)) if n * k >= 1 << 23 else 1
+    "Threads for an `n x k` weight: one for the layers of a block (starting threads would cost more); for big output layers every CPU, up to 8 (MLX's own threads wait for the result meanwhile)."
+    return max(1, min(8, os.cpu_count() or 1)) if n * k >= 1 << 23 else 1
 
 def native_fits(x:mx.array, scales:mx.array, biases, group_size:int, bits:int, mode:str="affine") -> bool:
     "Whether the native kernel takes this product: the CPU, affine 4 or 8 bits, float32 input and scales, at most `NATIVE_MAX_ROWS` rows."
@@ -223,7 +228,7 @@ def native_qmv(x:mx.array, w:mx.array, scales:mx.array, biases:mx.array, group_s
     (m, k), n = xn.shape, wn.shape[0]
     y = np.empty((m, n), np.float32)
     if native_lib().ft_qmv(_ptr(xn), m, k, _ptr(wn), _ptr(sn), _ptr(bn), n, group_size, bits, _ptr(y), threads or _threads(n, k)): return None
-    return mx.array(y).reshape(*x.shape[:-1], n)
+    return mx.array(y.reshape(*x.shape[:-1], n))  # shaped in numpy: one MLX operation fewer a layer
 
 @functools.lru_cache(maxsize=None)
 def native_matmul(group_size:int, bits:int):
