@@ -269,8 +269,11 @@ def serve_benchmark(out="bench-results/serve", # Folder for results.json and res
             tried[th] = r; log(f"  {th} thread(s): {r['stream_tps']:.1f} tok/s a stream")
         if not tried: log("  xllamacpp is not installed: skipped"); break
         th, r = max(tried.items(), key=lambda kv: kv[1]["stream_tps"])
+        from finetune.gguf import gguf_file_type
+        from finetune.models import _NATIVE_BITS
         res["llama_cpp"][kind] = {k: v for k, v in r.items() if k != "replies"} | dict(
-            file=gguf.name, threads=th, stream_tps_by_threads={t: x["stream_tps"] for t, x in tried.items()})
+            file=gguf.name, threads=th, stream_tps_by_threads={t: x["stream_tps"] for t, x in tried.items()},
+            bits=_NATIVE_BITS.get(gguf_file_type(gguf)))  # 4 (Q4_0, Q4_1) or 8 (Q8_0): the ft-q row it compares with
         res["answers"][f"llama.cpp-{kind}"] = [x["text"] for x in r["replies"]]
         _save(res, out)
     base = res["answers"].get("ft")
@@ -315,7 +318,7 @@ def markdown(res:dict) -> str:
     for kind, r in res.get("llama_cpp", {}).items():
         th = f", {r['threads']} thread{'s' if r['threads'] > 1 else ''}" if r.get("threads") else ""
         lines.append(f"| llama.cpp ({r['file']}, 1 stream{th}) | – | – | – | {r['total_tps']:.1f} | {r['ttft']:.2f} s | {r['stream_tps']:.1f} | – |")
-    same = [(f"ft-q{b}", k) for b, k in ((4, "source"), (8, "q8_0")) if f"ft-q{b}" in systems and k in res.get("llama_cpp", {})]
+    same = [(f"ft-q{r['bits']}", k) for k, r in res.get("llama_cpp", {}).items() if r.get("bits") and f"ft-q{r['bits']}" in systems]
     if same:
         lines += ["", "Quantized single stream against llama.cpp on the same quantization (its faster thread count), each repetition: " +
                   "; ".join(f"{s} / llama.cpp {res['llama_cpp'][k]['file']}: " + _rng([x / res['llama_cpp'][k]['stream_tps']
