@@ -478,7 +478,6 @@ SYSTEMS = dict(mlx_lm="mlx_lm.lora", mlx_lm_fixed="mlx_lm.lora, length sort fixe
 def _run(system:str, spec:BenchSpec, paths:dict, runs:Path, name:str, log, skip:int, seed:int|None=None, **env) -> dict:
     "One run of `system` in a worker (seeded with `seed`, default `spec.seed`), summarized."
     r = run_worker(system.replace("_stock", ""), system_config(system, spec, paths, runs/name, seed), runs, name, env=env or None)
-    r["seed"] = spec.seed if seed is None else seed
     r["adapters"] = str(runs/name/"adapters") if system.startswith("mlx_lm") else r["run_dir"]
     r["summary"] = summarize(r, skip)
     log(f"{name:24s} {r['summary']['useful_tokens_per_sec']:8.1f} useful tok/s, peak {r['summary']['peak_memory_gb']:.2f} GB")
@@ -551,13 +550,11 @@ def _ratios(systems:dict, results:dict, gc:dict) -> dict:
              val_loss_vs_fixed=div(v("finetune", "val_loss"), v("mlx_lm_fixed", "val_loss")),
              qlora_step=div(v("finetune"), v("finetune_qlora")), qlora_peak_memory=div(v("finetune_qlora", "peak_memory_gb"), v("finetune", "peak_memory_gb")),
              bf16_speedup=div(v("finetune_bf16"), v("mlx_lm_fixed_bf16")))
-    first = results["finetune"][0]["summary"]["useful_tokens_per_sec"] if results.get("finetune") else None
-    r["cpu_settings_gain"] = div(first, v("finetune_untuned"))  # the one untuned run has the first repetition's seed: compare like with like
-    vl = lambda s: [x["summary"].get("val_loss") for x in results.get(s, [])]
-    r["val_loss_vs_fixed_by_seed"] = [a / b for a, b in zip(vl("finetune"), vl("mlx_lm_fixed")) if a is not None and b]
-    tp = lambda s: [x["summary"]["useful_tokens_per_sec"] for x in results.get(s, [])]
-    r["speedup_vs_fixed_by_seed"] = [a / b for a, b in zip(tp("finetune"), tp("mlx_lm_fixed")) if b]
-    tps = [x["summary"]["useful_tokens_per_sec"] for x in results.get("finetune", [])]
+    each = lambda s, k="useful_tokens_per_sec": [x["summary"].get(k) for x in results.get(s, [])]  # noqa: E731  (by repetition, so by seed)
+    tps = each("finetune")
+    r["cpu_settings_gain"] = div(tps[0] if tps else None, v("finetune_untuned"))  # the one untuned run has the first repetition's seed: compare like with like
+    r["val_loss_vs_fixed_by_seed"] = [a / b for a, b in zip(each("finetune", "val_loss"), each("mlx_lm_fixed", "val_loss")) if a is not None and b]
+    r["speedup_vs_fixed_by_seed"] = [a / b for a, b in zip(tps, each("mlx_lm_fixed")) if b]
     r["run_to_run_spread"] = (max(tps) - min(tps)) / statistics.median(tps) if len(tps) > 1 else None
     if "finetune_plot" in results:
         r["liveplot_cost"] = 1 - v("finetune_plot") / v("finetune")

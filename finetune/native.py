@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import mlx.core as mx
 from . import OFF
+from .tiny import finetune_home
 
 # %% auto #0
 __all__ = ['QMV_SOURCE', 'NATIVE_ENV', 'NATIVE_MAX_ROWS', 'FLAGS', 'native_state', 'compile_native', 'native_lib', 'native_fits',
@@ -159,16 +160,12 @@ def _cpu_id() -> str:
     except OSError: pass
     return info
 
-def _native_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base)/"finetune"/"native"
-
 def compile_native(folder=None) -> tuple[Path|None, str]:
-    "Compile `QMV_SOURCE` for this machine into `folder` (default `~/.cache/finetune/native`), once per source, compiler and CPU: `(library, what happened)`."
+    "Compile `QMV_SOURCE` for this machine into `folder` (default: `native` in `finetune_home()`, `~/.cache/finetune` unless FINETUNE_HOME says otherwise), once per source, compiler and CPU: `(library, what happened)`."
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc: return None, "no C compiler (cc, gcc or clang): MLX's quantized matmul is used"
     key = hashlib.sha1("\0".join([QMV_SOURCE, os.path.realpath(cc), *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
-    out = Path(folder or _native_dir())/key/"qmv.so"
+    out = Path(folder or finetune_home()/"native")/key/"qmv.so"
     if out.is_file(): return out, f"compiled earlier ({out})"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
