@@ -14,13 +14,14 @@ from .device import device_report, matmul_gflops, probe_blas
 from .errors import FinetuneError
 from .tiny import llama_param_count, make_tiny_model
 import mlx.core as mx
+import mlx.nn as nn
 
 # %% auto #0
 __all__ = ['QUICK', 'REAL', 'WORKLOADS', 'LORA_KEYS', 'SYSTEMS', 'TARGETS', 'ORDER', 'KEYS', 'BenchSpec', 'model_params',
            'lexicon', 'chat_rows', 'project_sentences', 'text_rows', 'build_bench', 'finetune_config', 'mlx_lm_config',
-           'system_config', 'fix_length_sort', 'worker', 'run_worker', 'score_adapters', 'summarize', 'model_dims',
-           'train_flops_per_token', 'profile_step', 'paired_steps', 'run_benchmark', 'report', 'markdown', 'chart',
-           'main']
+           'system_config', 'fix_length_sort', 'fixed_loss', 'ordered_batches', 'worker', 'run_worker', 'batch_orders',
+           'score_adapters', 'summarize', 'model_dims', 'train_flops_per_token', 'profile_step', 'paired_steps',
+           'run_benchmark', 'report', 'markdown', 'chart', 'main']
 
 # %% ../nbs/15_bench.ipynb #0153ea5b
 @dataclass
@@ -43,12 +44,12 @@ class BenchSpec:
     lora_layers:int=8
     reps:int=3                 # alternating repetitions of each system
     skip_steps:int=2           # first steps left out of throughput (compilation, warm-up)
-    systems:tuple=("mlx_lm", "mlx_lm_fixed", "finetune", "finetune_plot") # alternating systems (see `SYSTEMS`)
+    systems:tuple=("mlx_lm", "mlx_lm_fixed", "mlx_lm_same", "finetune", "finetune_plot") # alternating systems (see `SYSTEMS`)
     stock_iters:int=4          # steps of mlx_lm.lora on MLX's bundled BLAS (slow; 0 skips it)
     gc_iters:int=3             # steps of each gradient-checkpointing run (packed rows of max_seq_length tokens; 0 skips them)
     bf16_iters:int=0           # steps of finetune and of the fixed mlx_lm.lora on the model saved in bfloat16 (0 skips them)
-    bf16_batch_size:int=2      # batch size of the bfloat16 runs (mlx_lm.lora computes in bfloat16 there: slow on a CPU)
-    bf16_max_seq_length:int=128 # longest row of the bfloat16 runs
+    bf16_batch_size:int|None=None # batch size of the bfloat16 runs (None: `batch_size`; mlx_lm.lora computes in bfloat16 there: slow on a CPU)
+    bf16_max_seq_length:int|None=None # longest row of the bfloat16 runs (None: `max_seq_length`; cut rows may lose every answer token)
     profile:bool=False         # measure where a training step's time goes, by op type
     untuned:bool=False         # one more finetune run without finetune's CPU settings (FINETUNE_CPU_TUNING=off; every other run has them)
     seed:int=0
@@ -58,7 +59,7 @@ QUICK = BenchSpec(n_layers=2, hidden_size=128, n_heads=4, n_kv_heads=2, intermed
                   stock_iters=3, gc_iters=2)
 
 REAL = BenchSpec(real_model="smollm2-135m", n_train=40, n_valid=32, median_notes=4, max_notes=12, iters=10, reps=2, learning_rate=2e-4, lora_layers=-1,
-                 systems=("mlx_lm", "mlx_lm_fixed", "finetune", "finetune_qlora"), stock_iters=0, gc_iters=0, bf16_iters=4, profile=True, untuned=True)
+                 systems=("mlx_lm", "mlx_lm_fixed", "mlx_lm_same", "finetune", "finetune_qlora"), stock_iters=0, gc_iters=0, bf16_iters=4, profile=True, untuned=True)
 
 WORKLOADS = {"synthetic": BenchSpec(), "real": REAL}
 
@@ -193,7 +194,7 @@ def mlx_lm_config(spec:BenchSpec, paths:dict, out, **overrides) -> dict:
 def system_config(system:str, spec:BenchSpec, paths:dict, folder, seed:int|None=None) -> dict:
     "The config of one run of `system` (see `SYSTEMS`), writing under `folder`; `seed`: the run's seed (default `spec.seed`; the data stay the same)."
     folder, bf16 = Path(folder), system.endswith("_bf16")
-    o = dict(iters=spec.bf16_iters, batch_size=spec.bf16_batch_size, max_seq_length=spec.bf16_max_seq_length) if bf16 else {}
+    o = dict(iters=spec.bf16_iters, batch_size=spec.bf16_batch_size or spec.batch_size, max_seq_length=spec.bf16_max_seq_length or spec.max_seq_length) if bf16 else {}
     if seed is not None: o["seed"] = seed
     if system.startswith("mlx_lm"): return mlx_lm_config(spec, paths, folder/"adapters", **o, **({"model": str(paths["model_bf16"])} if bf16 else {}))
     if bf16: o["model"] = str(paths["model_bf16"])
@@ -209,20 +210,40 @@ def fix_length_sort():
     from mlx_lm.tuner.datasets import CacheDataset
     CacheDataset.itemlen = lambda self, idx: len(self[idx][0])  # self[idx] is (tokens, offset), tokenized and cached
 
-def _run_mlx_lm(cfg:dict, out:dict, t0:float, cfg_path:str):
+def fixed_loss(model, batch, lengths):
+    "mlx-lm's `default_loss` with its mask ending at each row's last token: 0.32.2 compares `steps <= length`, so it also trains every row to predict the padding token after its end."
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    steps = mx.arange(1, targets.shape[1] + 1)  # targets[:, j] is token j + 1 of the row
+    mask = (steps >= lengths[:, 0:1]) & (steps < lengths[:, 1:])
+    ce = nn.losses.cross_entropy(model(inputs), targets) * mask
+    n = mask.sum()
+    return ce.astype(mx.float32).sum() / n, n
+
+def ordered_batches(dataset, order:list, max_seq_length:int):
+    "mlx-lm's training batches of `order` (lists of row indices), padded as its `iterate_batches` pads (to one more than a multiple of 32, at most `max_seq_length`), round and round."
+    while True:
+        for rows in order:
+            toks, offsets = zip(*(dataset[j] for j in rows))  # a CacheDataset row is (tokens, offset)
+            lens = [min(len(t), max_seq_length) for t in toks]
+            arr = np.zeros((len(rows), min(1 + 32 * -(-max(lens) // 32), max_seq_length)), np.int32)
+            for i, t in enumerate(toks): arr[i, :lens[i]] = t[:lens[i]]
+            yield mx.array(arr), mx.array(list(zip(offsets, lens)))
+
+def _run_mlx_lm(cfg:dict, out:dict, t0:float, cfg_path:str, loss=None, order:list|None=None):
     import yaml
     import mlx_lm.lora as lora
     import mlx_lm.tuner.trainer as trainer
     pending = []
     def counting(*args, **kwargs):
-        for batch, lengths in trainer.iterate_batches(*args, **kwargs):
+        train = order is not None and kwargs.get("loop")  # training batches in `order` (validation batches come without loop)
+        for batch, lengths in ordered_batches(kwargs["dataset"], order, kwargs["max_seq_length"]) if train else trainer.iterate_batches(*args, **kwargs):
             if kwargs.get("loop"):  # training batches (validation batches come without loop)
                 n = lengths[:, 1].tolist()
                 pending.append((sum(k - 1 for k in n), batch.shape[0] * (batch.shape[1] - 1)))
             yield batch, lengths
     class Report(trainer.TrainingCallback):
         def on_train_loss_report(self, info): _record(out, t0, *pending.pop(0), info["train_loss"])
-    def train(**kwargs): return trainer.train(**{**kwargs, "iterate_batches": counting, "training_callback": Report()})
+    def train(**kwargs): return trainer.train(**{**kwargs, "iterate_batches": counting, "training_callback": Report(), **({"loss": loss} if loss else {})})
     lora.train = train
     Path(cfg_path).with_suffix(".yaml").write_text(yaml.safe_dump(cfg))
     sys.argv = ["mlx_lm.lora", "--config", str(Path(cfg_path).with_suffix(".yaml"))]
@@ -251,9 +272,12 @@ def worker(argv=None):
     t0 = float(os.environ.get("FINETUNE_BENCH_T0") or time.time())
     cfg, out = json.loads(Path(cfg_path).read_text()), {"system": system, "steps": []}
     if system.startswith("mlx_lm"):
-        if system.startswith("mlx_lm_fixed"): fix_length_sort()
-        _run_mlx_lm(cfg, out, t0, cfg_path)
+        fixed = system.startswith(("mlx_lm_fixed", "mlx_lm_same"))  # mlx-lm with two one-line fixes: its length sort and its loss mask
+        if fixed: fix_length_sort()
+        order = cfg.pop("batch_order", None)  # mlx_lm_same: finetune's batches, in finetune's order
+        _run_mlx_lm(cfg, out, t0, cfg_path, loss=fixed_loss if fixed else None, order=order)
     elif system == "score": out["scores"] = score_adapters(**cfg)
+    elif system == "order": out["orders"] = batch_orders(**cfg)
     elif system == "profile": out["profile"] = profile_step(**cfg)
     elif system == "qlora_pair": out["pair"] = paired_steps(**cfg)
     else: _run_finetune(cfg, out, t0, plot=system == "finetune_plot")
@@ -277,6 +301,26 @@ def run_worker(system:str, cfg:dict, folder, name:str, env:dict|None=None) -> di
     return json.loads(res_path.read_text())
 
 # %% ../nbs/15_bench.ipynb #053f2ba3
+def batch_orders(config:dict, seeds:list) -> dict:
+    "finetune's training batches for `config` at each of `seeds` (seed -> one list of row indices a step), as its Trainer draws them."
+    from finetune.config import as_config
+    from finetune.models import load_model
+    from finetune.data import prepare_data
+    from finetune.batching import plan_batches
+    c = as_config(config)
+    ds = prepare_data(c, load_model(c.model)[1], quiet=True).train
+    n = sum(1 for line in Path(c.data).read_text().splitlines() if line.strip())
+    if len(ds) != n:  # mlx-lm numbers the file's rows: finetune's indices must be the same ones
+        raise FinetuneError(f"finetune kept {len(ds)} of the {n} rows of {c.data}: its batch order cannot be replayed in mlx-lm.",
+                            hint="Use data whose every row fits max_seq_length and has an answer.")
+    orders = {}
+    for s in seeds:
+        plan, epoch = [], 0
+        while len(plan) < c.iters:
+            plan += [[row[0] for row in gb] for gb in plan_batches(ds, c.batch_size, c.max_seq_length, seed=s, epoch=epoch)]; epoch += 1
+        orders[str(s)] = plan[:c.iters]
+    return orders
+
 def score_adapters(model:str, config:dict, adapters:dict) -> dict:
     "Validation loss of base `model` with each of `adapters` (name -> folder, or name -> [model, quantize_bits, folder]), on the data of `config`."
     from finetune.train import validation_loss
@@ -470,14 +514,15 @@ def _data_stats(paths:dict, spec:BenchSpec) -> tuple[list[int], float]:
     return lengths, trained / max(sum(n - 1 for n in lengths), 1)
 
 # %% ../nbs/15_bench.ipynb #ec19c973
-SYSTEMS = dict(mlx_lm="mlx_lm.lora", mlx_lm_fixed="mlx_lm.lora, length sort fixed", finetune="finetune", finetune_plot="finetune + live plot",
+SYSTEMS = dict(mlx_lm="mlx_lm.lora", mlx_lm_fixed="mlx_lm.lora, sort and mask fixed", mlx_lm_same="mlx_lm.lora (fixed), finetune's batches", finetune="finetune", finetune_plot="finetune + live plot",
                finetune_qlora="finetune, QLoRA (4-bit)", mlx_lm_stock="mlx_lm.lora, bundled BLAS",
                finetune_bf16="finetune, bf16 files", mlx_lm_fixed_bf16="mlx_lm.lora (fixed), bf16 files",
                finetune_untuned="finetune, CPU settings off")
 
-def _run(system:str, spec:BenchSpec, paths:dict, runs:Path, name:str, log, skip:int, seed:int|None=None, **env) -> dict:
-    "One run of `system` in a worker (seeded with `seed`, default `spec.seed`), summarized."
-    r = run_worker(system.replace("_stock", ""), system_config(system, spec, paths, runs/name, seed), runs, name, env=env or None)
+def _run(system:str, spec:BenchSpec, paths:dict, runs:Path, name:str, log, skip:int, seed:int|None=None, order:list|None=None, **env) -> dict:
+    "One run of `system` in a worker (seeded with `seed`, default `spec.seed`; `order`: the training batches mlx_lm_same is fed), summarized."
+    cfg = system_config(system, spec, paths, runs/name, seed) | ({"batch_order": order} if order is not None else {})
+    r = run_worker(system.replace("_stock", ""), cfg, runs, name, env=env or None)
     r["adapters"] = str(runs/name/"adapters") if system.startswith("mlx_lm") else r["run_dir"]
     r["summary"] = summarize(r, skip)
     log(f"{name:24s} {r['summary']['useful_tokens_per_sec']:8.1f} useful tok/s, peak {r['summary']['peak_memory_gb']:.2f} GB")
@@ -495,10 +540,14 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
     log(f"matrix-multiply peak: {peak:.1f} GFLOP/s" + (f" ({peak_stock:.1f} with MLX's bundled BLAS)" if peak_stock else ""))
     lengths, trained = _data_stats(paths, spec)
     results = {s: [] for s in spec.systems}
-    for rep in range(spec.reps):
+    seeds = [spec.seed + rep for rep in range(spec.reps)]  # repetition i seeds every system with seed + i: the validation losses pair up by seed
+    orders = (run_worker("order", dict(config=finetune_config(spec, paths, runs/"order"), seeds=seeds), runs, "order")["orders"]
+              if "mlx_lm_same" in spec.systems else {})
+    for rep, seed in enumerate(seeds):
         k = rep % len(spec.systems)
-        for system in spec.systems[k:] + spec.systems[:k]:  # repetition i seeds every system with seed + i: the validation losses pair up by seed
-            results[system].append(_run(system, spec, paths, runs, f"{system}-{rep}", log, spec.skip_steps, seed=spec.seed + rep))
+        for system in spec.systems[k:] + spec.systems[:k]:
+            order = orders[str(seed)] if system == "mlx_lm_same" else None
+            results[system].append(_run(system, spec, paths, runs, f"{system}-{rep}", log, spec.skip_steps, seed=seed, order=order))
     extra = {}
     if spec.stock_iters:
         extra["mlx_lm_stock"] = _run("mlx_lm_stock", dataclasses.replace(spec, iters=spec.stock_iters), paths, runs, "mlx_lm_stock", log, 1, FINETUNE_BLAS="off", FINETUNE_CPU_TUNING="off")
@@ -533,7 +582,7 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
 
 # %% ../nbs/15_bench.ipynb #95f9d7ba
 TARGETS = dict(speedup=1.6, val_loss_rel=0.02, utilization=0.35, qlora_step=1.5, bf16_speedup=20.0, grad_checkpoint_cut=0.30, liveplot_cost=0.03)
-ORDER = ["finetune", "finetune_plot", "finetune_qlora", "finetune_untuned", "mlx_lm_fixed", "mlx_lm", "mlx_lm_stock", "finetune_bf16", "mlx_lm_fixed_bf16"]
+ORDER = ["finetune", "finetune_plot", "finetune_qlora", "finetune_untuned", "mlx_lm_fixed", "mlx_lm_same", "mlx_lm", "mlx_lm_stock", "finetune_bf16", "mlx_lm_fixed_bf16"]
 KEYS = ["useful_tokens_per_sec", "padding_waste", "peak_memory_gb", "max_rss_gb", "first_step_s", "val_loss", "final_train_loss", "longest_batch"]
 
 def _median(rows:list, key:str) -> float|None:
@@ -555,6 +604,10 @@ def _ratios(systems:dict, results:dict, gc:dict) -> dict:
     r["cpu_settings_gain"] = div(tps[0] if tps else None, v("finetune_untuned"))  # the one untuned run has the first repetition's seed: compare like with like
     r["val_loss_vs_fixed_by_seed"] = [a / b for a, b in zip(each("finetune", "val_loss"), each("mlx_lm_fixed", "val_loss")) if a is not None and b]
     r["speedup_vs_fixed_by_seed"] = [a / b for a, b in zip(tps, each("mlx_lm_fixed")) if b]
+    # the same batches in the same order: what is left of a validation-loss gap is the implementations, not the draw of batches
+    r["val_loss_vs_same_by_seed"] = [a / b for a, b in zip(each("finetune", "val_loss"), each("mlx_lm_same", "val_loss")) if a is not None and b]
+    r["val_loss_vs_same"] = statistics.median(r["val_loss_vs_same_by_seed"]) if r["val_loss_vs_same_by_seed"] else None
+    r["speedup_vs_same_by_seed"] = [a / b for a, b in zip(tps, each("mlx_lm_same")) if b]
     r["run_to_run_spread"] = (max(tps) - min(tps)) / statistics.median(tps) if len(tps) > 1 else None
     if "finetune_plot" in results:
         r["liveplot_cost"] = 1 - v("finetune_plot") / v("finetune")
@@ -564,9 +617,10 @@ def _ratios(systems:dict, results:dict, gc:dict) -> dict:
 
 def _targets(r:dict, systems:dict, real:bool) -> dict:
     "Which of the issue's targets hold, for the ratios that were measured."
+    vl = r.get("val_loss_vs_same") or r["val_loss_vs_fixed"]  # on the same batches where that ran: the draw of batches moves it more than 2%
     t = dict(speedup=r["speedup_vs_fixed"] >= TARGETS["speedup"] if r["speedup_vs_fixed"] else None,
              peak_memory=r["peak_memory_vs_fixed"] <= 1.0 if r["peak_memory_vs_fixed"] else None,
-             val_loss=abs(r["val_loss_vs_fixed"] - 1) <= TARGETS["val_loss_rel"] if r["val_loss_vs_fixed"] else None,
+             val_loss=abs(vl - 1) <= TARGETS["val_loss_rel"] if vl else None,
              utilization=systems["finetune"]["utilization"] >= TARGETS["utilization"] if real else None,
              qlora=(r.get("qlora_step_paired", r["qlora_step"]) <= TARGETS["qlora_step"] and r["qlora_peak_memory"] < 1) if r["qlora_step"] else None,
              bf16=r["bf16_speedup"] >= TARGETS["bf16_speedup"] if r["bf16_speedup"] else None,
@@ -579,7 +633,7 @@ def report(spec:BenchSpec, results:dict, extra:dict, gc:dict, peak:float, peak_s
     "The benchmark's results: per-system medians, ratios and whether each target holds."
     dims = dims or model_dims(spec)
     fpt = float(train_flops_per_token(dims, lengths, trained=trained))
-    fpt16 = train_flops_per_token(dims, np.minimum(lengths, spec.bf16_max_seq_length), trained=trained)
+    fpt16 = train_flops_per_token(dims, np.minimum(lengths, spec.bf16_max_seq_length or spec.max_seq_length), trained=trained)
     systems = {}
     for s, rows in {**results, **{k: [r] for k, r in extra.items()}}.items():
         systems[s] = {k: _median(rows, k) for k in KEYS}
@@ -639,16 +693,21 @@ def markdown(res:dict) -> str:
         v = res["systems"][k]
         lines.append(f"| {SYSTEMS[k]} | {v['useful_tokens_per_sec']:.0f} | {v['padding_waste']:.1%} | {v['peak_memory_gb']:.2f} | {fmt(v.get('longest_batch'), '.0f')} | "
                      f"{v['first_step_s']:.1f} | {fmt(v.get('val_loss'), '.3f')} | {v['utilization']:.1%} |")
-    lines += ["", f"- finetune / mlx_lm.lora with the length sort fixed, useful tokens/s: **{fmt(r['speedup_vs_fixed'], '.2f')}x** "
+    lines += ["", f"- finetune / mlx_lm.lora with its length sort and loss mask fixed, useful tokens/s: **{fmt(r['speedup_vs_fixed'], '.2f')}x** "
               f"(target {TARGETS['speedup']}x: {ok('speedup')}); against mlx_lm.lora as installed: **{fmt(r['speedup'], '.2f')}x**"
               + (f"; against it on MLX's bundled BLAS: **{r['speedup_vs_stock']:.1f}x**" if r.get("speedup_vs_stock") else "")
               + f"; the fix alone makes mlx_lm.lora {fmt(r['fix_gain'], '.2f')}x faster"
               + (f"; against the fixed one seed by seed: {', '.join(f'{x:.2f}x' for x in r['speedup_vs_fixed_by_seed'])}"
                  if len(r.get("speedup_vs_fixed_by_seed") or []) > 1 else ""),
               f"- peak memory, finetune / fixed mlx_lm.lora: {fmt(r['peak_memory_vs_fixed'], '.2f')} (target at most 1: {ok('peak_memory')}); "
-              f"final validation loss ratio {fmt(r['val_loss_vs_fixed'], '.3f')} (medians; target within 2%: {ok('val_loss')})"
-              + (f"; seed by seed (both seeded alike in each repetition): {', '.join(f'{x:.3f}' for x in r['val_loss_vs_fixed_by_seed'])}"
+              f"final validation loss ratio {fmt(r['val_loss_vs_fixed'], '.3f')} (medians" + ("" if r.get("val_loss_vs_same") else f"; target within 2%: {ok('val_loss')}") + ")"
+              + (f"; seed by seed (both seeded alike in each repetition, each drawing its own batch order): {', '.join(f'{x:.3f}' for x in r['val_loss_vs_fixed_by_seed'])}"
                  if len(r.get("val_loss_vs_fixed_by_seed") or []) > 1 else "")]
+    if r.get("val_loss_vs_same"):
+        lines.append(f"- on the same batches in the same order (mlx_lm.lora, fixed, fed finetune's batches at each seed): final validation loss "
+                     f"ratio **{r['val_loss_vs_same']:.3f}** (median of the seeds; target within 2%: {ok('val_loss')}); seed by seed: "
+                     f"{', '.join(f'{x:.3f}' for x in r['val_loss_vs_same_by_seed'])}; useful tokens/s seed by seed: "
+                     f"{', '.join(f'{x:.2f}x' for x in r['speedup_vs_same_by_seed'])}")
     if "utilization" in res["targets"]:
         lines.append(f"- utilization of the float32 matmul peak: {res['systems']['finetune']['utilization']:.1%} (target "
                      f"{TARGETS['utilization']:.0%}: {ok('utilization')})")
@@ -659,7 +718,7 @@ def markdown(res:dict) -> str:
         lines.append(f"- QLoRA (4-bit base) / LoRA: step time {r['qlora_step']:.2f}x from the runs above{paired}; peak memory "
                      f"{r['qlora_peak_memory']:.2f}x (target at most {TARGETS['qlora_step']}x the step time and less memory: {ok('qlora')})")
     if r.get("bf16_speedup"):
-        lines.append(f"- model saved in bfloat16 (batch {s['bf16_batch_size']}, rows up to {s['bf16_max_seq_length']} tokens): finetune "
+        lines.append(f"- model saved in bfloat16 (batch {s['bf16_batch_size'] or s['batch_size']}, rows up to {s['bf16_max_seq_length'] or s['max_seq_length']} tokens): finetune "
                      f"(computing in {res['systems']['finetune_bf16'].get('dtype', '?')}) / mlx_lm.lora (computing in bfloat16): "
                      f"**{r['bf16_speedup']:.1f}x** (target {TARGETS['bf16_speedup']:.0f}x: {ok('bf16')})")
     if res["grad_checkpoint"]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""finetune's trainer vs `mlx_lm.lora` (as installed, and with its length sort fixed) on the same model, data and settings.
+"""finetune's trainer vs `mlx_lm.lora` (as installed, and with its length sort and loss mask fixed) on the same model, data and settings.
 
     python scripts/benchmark.py                    # both workloads: the made-up 28M model, and the real SmolLM2-135M-Instruct
     python scripts/benchmark.py --workload real    # one of them
