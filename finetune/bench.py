@@ -235,8 +235,8 @@ def _run_mlx_lm(cfg:dict, out:dict, t0:float, cfg_path:str, loss=None, order:lis
     import mlx_lm.tuner.trainer as trainer
     pending = []
     def counting(*args, **kwargs):
-        train = order is not None and kwargs.get("loop")  # training batches in `order` (validation batches come without loop)
-        for batch, lengths in ordered_batches(kwargs["dataset"], order, kwargs["max_seq_length"]) if train else trainer.iterate_batches(*args, **kwargs):
+        replay = order is not None and kwargs.get("loop")  # training batches in `order` (validation batches come without loop)
+        for batch, lengths in ordered_batches(kwargs["dataset"], order, kwargs["max_seq_length"]) if replay else trainer.iterate_batches(*args, **kwargs):
             if kwargs.get("loop"):  # training batches (validation batches come without loop)
                 n = lengths[:, 1].tolist()
                 pending.append((sum(k - 1 for k in n), batch.shape[0] * (batch.shape[1] - 1)))
