@@ -6,19 +6,21 @@ Docs: https://finetune-dev.github.io/finetune/engine.html.md"""
 
 # %% ../nbs/12a_engine.ipynb #12f085b7
 from __future__ import annotations
-import itertools, logging, queue, random, threading, time
+import collections, itertools, logging, os, queue, random, threading, time
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from fastcore.basics import patch
+import numpy as np
 import mlx.core as mx
 from .errors import DataError
 from .generate import Chunk, prompt_tokens
 from .kernels import fast_kernels
+from .native import native_decoder, native_state
 from mlx_lm.models.cache import LRUPromptCache
 
 # %% auto #0
-__all__ = ['log', 'StopText', 'request_sampler', 'Generation', 'Engine']
+__all__ = ['log', 'StopText', 'request_sampler', 'Generation', 'Engine', 'PromptProgress', 'TokenOut', 'NativeBatch']
 
 # %% ../nbs/12a_engine.ipynb #d9cff010
 class StopText:
@@ -101,7 +103,7 @@ log = logging.getLogger("finetune.engine")
 
 @dataclass
 class _Group:
-    "The batch of one adapter group: mlx-lm's `BatchGenerator`, its tokenizer, its requests by batch uid, and the kernels it holds in place."
+    "The batch of one adapter group: a `NativeBatch` or mlx-lm's `BatchGenerator`, its tokenizer, its requests by batch uid, and the kernels it holds in place."
     gen: object
     tokenizer: object
     kernels: ExitStack = field(default_factory=ExitStack)
@@ -116,14 +118,15 @@ class Engine:
                  prefill_batch:int=8,    # Prompts processed together
                  prompt_cache:int=16,    # Finished requests whose KV cache is kept for prompts that start the same (0: none)
                  lock=None,              # A lock held around every step and call (a server shares it with training)
+                 native:bool=True,       # Decode with the native step where it takes the model (see `NativeBatch`); False: mlx-lm's always
                  name:str="finetune-engine"):
         if select is None and model is None: raise ValueError("Give the model (and tokenizer) to serve, or `select`.")
         if model is not None: mx.eval(model.parameters())  # arrays made lazily on this thread are evaluated here, not on the engine's
         self.select = select or (lambda key: (model, tokenizer))
-        self.max_batch, self.prefill_chunk, self.prefill_batch = max_batch, prefill_chunk, min(prefill_batch, max_batch)
+        self.max_batch, self.prefill_chunk, self.prefill_batch, self.native = max_batch, prefill_chunk, min(prefill_batch, max_batch), native
         self.lock, self.todo, self.groups = lock or threading.RLock(), queue.SimpleQueue(), {}
         self.prompts = LRUPromptCache(max_size=prompt_cache) if prompt_cache else None
-        self.steps, self.tokens, self.trace, self.stopped, self.closing = 0, 0, None, False, False
+        self.steps, self.tokens, self.trace, self.stopped, self.closing, self.said = 0, 0, None, False, False, set()
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
@@ -224,19 +227,26 @@ def _render_settings(model, settings:dict, template, fmt) -> tuple[str, str]:
             fmt or settings.get("fmt") or getattr(info, "fmt", None) or "chat")
 
 @patch
+def _batch(self:Engine, model, tok):
+    "A new group's batch: a `NativeBatch` where the native step takes `model` (and `native` is on), else mlx-lm's `BatchGenerator`."
+    from mlx_lm.generate import BatchGenerator
+    nat = native_decoder(model) if self.native else None
+    said = "decoding with " + (native_state.get("decoder", "?") if self.native else "mlx-lm's step (native=False)")
+    if said not in self.said: self.said.add(said); log.info(said)  # once per engine and reason, not per request
+    if nat is not None: return NativeBatch(nat, tok.eos_token_ids, self.max_batch, self.prefill_chunk)
+    return BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids], completion_batch_size=self.max_batch,
+                          prefill_batch_size=self.prefill_batch, prefill_step_size=self.prefill_chunk, stream=self.stream)
+
+@patch
 def _admit(self:Engine, g:Generation):
     "Render `g`'s prompt and add it to its adapter group's batch."
-    from mlx_lm.generate import BatchGenerator
     if g.cancelled: return self._end(g)
     with self.lock:
         model, tok, *rest = self.select(g.key)
         g.ids = list(g.prompt) if _token_ids(g.prompt) else prompt_tokens(tok, g.prompt, *_render_settings(model, rest[0] if rest else {}, g.template, g.fmt))
         if not g.ids: raise DataError("The prompt is empty.", hint="Send at least one token of prompt.")
         if g.key not in self.groups:
-            gen = BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids],
-                                 completion_batch_size=self.max_batch, prefill_batch_size=self.prefill_batch,
-                                 prefill_step_size=self.prefill_chunk, stream=self.stream)
-            self.groups[g.key] = gr = _Group(gen, tok)
+            self.groups[g.key] = gr = _Group(self._batch(model, tok), tok)
             gr.kernels.enter_context(fast_kernels(model, swiglu=False))  # on the CPU: the attention measured faster on this machine (see `finetune.kernels`)
         gr = self.groups[g.key]
         cache, rest = self._cached(g.key, g.ids)
@@ -332,3 +342,133 @@ def _keep(self:Engine, g:Generation):
     mx.eval([(c.keys, c.values) for c in cache])  # a copy of its rows now, not a view holding the whole batch
     self.prompts.insert_cache(g.key, list(tokens), cache, cache_type="assistant")
     g.kv = None
+
+# %% ../nbs/12a_engine.ipynb #ff46964f
+@dataclass
+class PromptProgress:
+    "How far the prompt of request `uid` is processed: `progress` is (tokens done, tokens in all), not counting a cached start."
+    uid: int
+    progress: tuple
+
+@dataclass
+class TokenOut:
+    "A token generated for request `uid`; when `finish_reason` is set, the tokens in its KV cache and that cache (mlx-lm's `KVCache`s)."
+    uid: int
+    token: int
+    finish_reason: str|None = None
+    all_tokens: list|None = None
+    prompt_cache: list|None = None
+
+class _Seq:
+    "A request in a `NativeBatch`: its cache holds `ids`; `todo` is the prompt still to process; `last`, the token sampled and not yet in the cache."
+    def __init__(self, uid, ids, todo, max_tokens, sampler, cache):
+        self.uid, self.ids, self.todo, self.max_tokens, self.sampler, self.cache = uid, ids, todo, max_tokens, sampler, cache
+        self.cached, self.total, self.n, self.last = len(ids), len(ids) + len(todo), 0, None
+
+class NativeBatch:
+    "Continuous batching on the native decode step (`finetune.native.NativeLlama`): one call a step decodes a token for every running request and processes the next chunk of waiting prompts. What `Engine` asks of mlx-lm's `BatchGenerator`."
+    def __init__(self, native, stop_tokens, max_batch:int=16, prefill_chunk:int=256, threads:int|None=None):
+        self.native, self.stops, self.max_batch, self.prefill_chunk = native, set(stop_tokens), max_batch, prefill_chunk
+        self.threads = threads or max(1, min(8, os.cpu_count() or 1))
+        self.seqs, self.waiting, self.uids = {}, collections.deque(), 0
+
+    def _from_mlx(self, cache, ids:list):
+        "A native cache holding the keys and values of mlx-lm `cache` for `ids` (None when it is not a plain KVCache of this model)."
+        from mlx_lm.models.cache import KVCache
+        if not cache or len(cache) != self.native.n_layers or any(type(c) is not KVCache or c.offset != len(ids) for c in cache): return None
+        kv = self.native.new_cache(max(64, 2 * len(ids)))
+        for l, c in enumerate(cache):
+            kv[l, 0, :, :c.offset] = np.asarray(c.keys[0, :, :c.offset].astype(mx.float32))
+            kv[l, 1, :, :c.offset] = np.asarray(c.values[0, :, :c.offset].astype(mx.float32))
+        return kv
+
+    def _to_mlx(self, s) -> list:
+        "Sequence `s`'s keys and values as mlx-lm `KVCache`s (copies), one per layer."
+        from mlx_lm.models.cache import KVCache
+        out, n = [], len(s.ids)
+        for l in range(self.native.n_layers):
+            c = KVCache()
+            c.keys, c.values, c.offset = mx.array(s.cache[l, 0, None, :, :n]), mx.array(s.cache[l, 1, None, :, :n]), n
+            out.append(c)
+        return out
+
+    def insert(self, prompts, max_tokens, caches=None, all_tokens=None, samplers=None) -> list[int]:
+        "Queue requests: `prompts` to process after `all_tokens` (whose keys and values `caches` hold), each with its own max tokens and sampler."
+        uids = []
+        for i, p in enumerate(prompts):
+            done = list(all_tokens[i]) if all_tokens else []
+            kv = self._from_mlx(caches[i], done) if caches and caches[i] is not None and done else None
+            if kv is None: p, done = done + list(p), []
+            s = _Seq(self.uids, done, list(p), max_tokens[i], samplers[i] if samplers else None, kv)
+            self.waiting.append(s); uids.append(s.uid); self.uids += 1
+        return uids
+
+    def _room(self, s, need:int):
+        "Grow `s`'s cache (doubling) to hold `need` positions."
+        cap = 0 if s.cache is None else s.cache.shape[3]
+        if cap >= need: return
+        kv = self.native.new_cache(max(need, 2 * cap, 64))
+        if cap: kv[:, :, :, :cap] = s.cache
+        s.cache = kv
+
+    def _sample(self, s, row:np.ndarray) -> int:
+        if s.sampler is None: return int(np.argmax(row))
+        lp = mx.array(row[None])
+        return int(s.sampler(lp - mx.logsumexp(lp, axis=-1, keepdims=True)).item())
+
+    def next(self) -> tuple[list, list]:
+        "One step: a token for every request past its prompt, and the next chunk of waiting prompts (at most `prefill_chunk` tokens in all)."
+        while self.waiting and len(self.seqs) < self.max_batch:
+            s = self.waiting.popleft()
+            self.seqs[s.uid] = s
+        dec = [s for s in self.seqs.values() if s.last is not None]
+        shares = self._shares([s for s in self.seqs.values() if s.last is None])
+        pre = [(s, s.todo[:k]) for s, k in shares if k]
+        if not dec and not pre: return [], []
+        tokens, slots, pos, want = [], [], [], []
+        for i, s in enumerate(dec):
+            self._room(s, len(s.ids) + 1)
+            tokens.append(s.last); slots.append(i); pos.append(len(s.ids)); want.append(1)
+        for i, (s, take) in enumerate(pre, len(dec)):
+            self._room(s, len(s.ids) + len(take))
+            tokens += take; slots += [i] * len(take); pos += range(len(s.ids), len(s.ids) + len(take))
+            want += [0] * (len(take) - 1) + [int(len(take) == len(s.todo))]
+        logits = self.native.step(tokens, slots, pos, [s.cache for s in dec] + [s.cache for s, _ in pre], want, self.threads)
+        prompts, out, rows = [], [], iter(logits)
+        for s in dec:
+            s.ids.append(s.last)
+            out.append(self._emit(s, next(rows)))
+        for s, take in pre:
+            s.ids += take; s.todo = s.todo[len(take):]
+            prompts.append(PromptProgress(s.uid, (len(s.ids) - s.cached, s.total - s.cached)))
+            if not s.todo: out.append(self._emit(s, next(rows)))
+        return prompts, out
+
+    def _shares(self, waiting:list) -> list:
+        "`(request, prompt tokens it processes this step)`: `prefill_chunk` in all, an equal share each, what is left to the shortest first; so a long prompt cannot hold up a short one, and still moves every step."
+        budget, share, n = self.prefill_chunk, max(1, self.prefill_chunk // max(1, len(waiting))), {}
+        for s in waiting: n[s.uid] = k = min(len(s.todo), share, budget); budget -= k
+        for s in sorted(waiting, key=lambda s: len(s.todo) - n[s.uid]):
+            k = min(len(s.todo) - n[s.uid], budget); n[s.uid] += k; budget -= k
+        return [(s, n[s.uid]) for s in waiting]
+
+    def _emit(self, s, row) -> TokenOut:
+        "Sample `s`'s next token from `row`; the response, finished (and `s` out of the batch) at a stop token or its max tokens."
+        t = s.last = self._sample(s, row)
+        s.n += 1
+        finish = "stop" if t in self.stops else "length" if s.n >= s.max_tokens else None
+        if finish is None: return TokenOut(s.uid, t)
+        del self.seqs[s.uid]
+        return TokenOut(s.uid, t, finish, list(s.ids), self._to_mlx(s))
+
+    def remove(self, uids, return_prompt_caches:bool=False) -> dict:
+        "Take requests out (finished ones are already out); with `return_prompt_caches`, `{uid: (caches, tokens)}` of those taken out."
+        out, uids = {}, set(uids)
+        gone = [self.seqs.pop(u) for u in list(self.seqs) if u in uids] + [s for s in self.waiting if s.uid in uids]
+        self.waiting = collections.deque(s for s in self.waiting if s.uid not in uids)
+        for s in gone:
+            if return_prompt_caches and s.ids and s.cache is not None: out[s.uid] = (self._to_mlx(s), list(s.ids))
+        return out
+
+    def close(self): self.seqs.clear(); self.waiting.clear()
+

@@ -1,4 +1,4 @@
-"""A quantized matrix-vector product in C for generating token by token on the CPU: compiled on first use for this machine, with MLX's own kernel wherever it cannot run.
+"""C for generating token by token on the CPU: a quantized matrix-vector product, and a whole decode step of llama-shaped models; compiled on first use for this machine, with MLX's own kernels wherever it cannot run.
 
 Docs: https://finetune-dev.github.io/finetune/native.html.md"""
 
@@ -8,14 +8,16 @@ Docs: https://finetune-dev.github.io/finetune/native.html.md"""
 from __future__ import annotations
 import ctypes, functools, hashlib, os, platform, shutil, subprocess, tempfile, threading
 from pathlib import Path
+from . import OFF  # first: the package loads its BLAS before MLX is imported
+from .tiny import finetune_home
 import numpy as np
 import mlx.core as mx
-from . import OFF
-from .tiny import finetune_home
+import mlx.nn as nn
 
 # %% auto #0
-__all__ = ['QMV_SOURCE', 'NATIVE_ENV', 'NATIVE_MAX_ROWS', 'FLAGS', 'native_state', 'compile_native', 'native_lib', 'native_fits',
-           'native_qmv', 'native_matmul']
+__all__ = ['QMV_SOURCE', 'DECODE_SOURCE', 'NATIVE_ENV', 'NATIVE_MAX_ROWS', 'FLAGS', 'native_state', 'NATIVE_TYPES',
+           'compile_native', 'native_lib', 'native_fits', 'native_qmv', 'native_matmul', 'NativeUnsupported',
+           'rope_freqs', 'NativeLlama', 'native_decoder']
 
 # %% ../nbs/02e_native.ipynb #98a6a057
 QMV_SOURCE = r"""
@@ -145,6 +147,210 @@ int ft_qmv(const float *x, int M, int K, const uint8_t *w, const float *s, const
 }
 """
 
+# %% ../nbs/02e_native.ipynb #5d197211
+DECODE_SOURCE = r"""
+// One step of a llama-shaped model (RMSNorm, rotary attention with grouped key/value heads, SwiGLU MLP) for M rows at
+// once: row r is token tok[r] of sequence seq[r] at position pos[r]. Rows of one sequence come in order (a prompt chunk);
+// every row's keys and values are written to its sequence's cache before any row attends, so a row sees its own and the
+// earlier rows of its sequence. Weights are float32 or MLX's affine 4/8-bit format (ft_qmv above).
+#include <math.h>
+#include <string.h>
+
+// bits 0: w is N x K float32. la (r x K) and lb (N x r), when set, are a LoRA adapter's matrices transposed (r padded to
+// a multiple of 8 with zeros): y += lscale * (x @ la.T) @ lb.T
+typedef struct { const float *w; const uint8_t *q; const float *s, *b, *bias, *la, *lb; int N, K, gs, bits, r; float lscale; } ft_lin;
+typedef struct { const float *in_norm, *post_norm; ft_lin q, k, v, o, gate, up, down; } ft_layer;
+typedef struct { int L, D, H, KVH, HD, F, V; float eps, scale; const float *freqs; const ft_layer *layers; const float *norm;
+                 ft_lin embed, head; } ft_model;
+
+typedef struct { const float *x; int M, K; const float *w; int n0, n1, N; float *y; } fjob;
+
+// y (M x N) = x (M x K) @ w.T for rows n0..n1 of w, two at a time against four input rows at a time (w's rows stay in cache)
+static void *f32_run(void *p) {
+    const fjob *j = p;
+    const int K = j->K;
+    for (int n = j->n0; n < j->n1; n += 2) {
+        const int nb = j->n1 - n < 2 ? 1 : 2;
+        const float *w0 = j->w + (size_t)n * K, *w1 = nb > 1 ? w0 + K : w0;
+        for (int m0 = 0; m0 < j->M; m0 += 4) {
+            const int mb = j->M - m0 < 4 ? j->M - m0 : 4;
+            __m256 a0[4], a1[4];
+            for (int i = 0; i < 4; i++) a0[i] = a1[i] = _mm256_setzero_ps();
+            for (int k = 0; k < K; k += 8) {
+                const __m256 v0 = _mm256_loadu_ps(w0 + k), v1 = _mm256_loadu_ps(w1 + k);
+                for (int i = 0; i < mb; i++) {
+                    const __m256 xi = _mm256_loadu_ps(j->x + (size_t)(m0 + i) * K + k);
+                    a0[i] = _mm256_fmadd_ps(xi, v0, a0[i]);
+                    a1[i] = _mm256_fmadd_ps(xi, v1, a1[i]);
+                }
+            }
+            for (int i = 0; i < mb; i++) {
+                j->y[(size_t)(m0 + i) * j->N + n] = hsum(a0[i]);
+                if (nb > 1) j->y[(size_t)(m0 + i) * j->N + n + 1] = hsum(a1[i]);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void f32_mm(const float *x, int M, int K, const float *w, int N, float *y, int threads) {
+    if (threads > 16) threads = 16;
+    if (threads > N / 64) threads = N / 64;
+    if (threads < 1) threads = 1;
+    fjob jobs[16];
+    pthread_t tid[16];
+    int started[16] = {0};
+    for (int t = 0; t < threads; t++) {
+        int n0 = (int)((long)N * t / threads) & ~1, n1 = t == threads - 1 ? N : (int)((long)N * (t + 1) / threads) & ~1;
+        jobs[t] = (fjob){x, M, K, w, n0, n1, N, y};
+        if (t > 0) started[t] = pthread_create(&tid[t], NULL, f32_run, &jobs[t]) == 0;
+    }
+    f32_run(&jobs[0]);
+    for (int t = 1; t < threads; t++) { if (started[t]) pthread_join(tid[t], NULL); else f32_run(&jobs[t]); }
+}
+
+// threads worth starting for an M x K by K x N product: one for small ones (starting threads would cost more)
+static int lin_threads(int M, const ft_lin *l, int threads) {
+    const double work = (double)M * l->N * l->K * (l->bits ? 4.0 : 1.0);  // dequantizing costs about as much as the products
+    return work >= (double)(1 << 23) ? threads : 1;
+}
+
+static int lin(const ft_lin *l, const float *x, int M, float *y, int threads) {
+    const int t = lin_threads(M, l, threads);
+    if (l->bits) { int e = ft_qmv(x, M, l->K, l->q, l->s, l->b, l->N, l->gs, l->bits, y, t); if (e) return e; }
+    else f32_mm(x, M, l->K, l->w, l->N, y, t);
+    if (l->bias) for (int m = 0; m < M; m++) for (int n = 0; n < l->N; n++) y[(size_t)m * l->N + n] += l->bias[n];
+    if (l->la) {
+        float *t = malloc(sizeof(float) * (size_t)M * (l->r + l->N));
+        if (!t) return 2;
+        float *z = t + (size_t)M * l->r;
+        f32_mm(x, M, l->K, l->la, l->r, t, 1);
+        f32_mm(t, M, l->r, l->lb, l->N, z, 1);
+        for (size_t i = 0; i < (size_t)M * l->N; i++) y[i] += l->lscale * z[i];
+        free(t);
+    }
+    return 0;
+}
+
+static void rms_norm(const float *x, const float *w, int M, int D, float eps, float *y) {
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * D;
+        float ss = 0;
+        for (int d = 0; d < D; d++) ss += xr[d] * xr[d];
+        const float r = 1.0f / sqrtf(ss / D + eps);
+        for (int d = 0; d < D; d++) y[(size_t)m * D + d] = xr[d] * r * w[d];
+    }
+}
+
+// the rotation of head vector v (HD floats) by the angles in cs: element i pairs with element i + HD/2
+static void rope(float *v, const float *c, const float *s, int HD) {
+    const int h = HD / 2;
+    for (int i = 0; i < h; i++) {
+        const float a = v[i], b = v[i + h];
+        v[i] = a * c[i] - b * s[i];
+        v[i + h] = b * c[i] + a * s[i];
+    }
+}
+
+static float dot(const float *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    return hsum(acc);
+}
+
+static void embed_row(const ft_lin *e, int tok, float *y) {
+    if (!e->bits) { memcpy(y, e->w + (size_t)tok * e->K, sizeof(float) * e->K); return; }
+    const uint8_t *r = e->q + (size_t)tok * e->K * e->bits / 8;
+    const int G = e->K / e->gs;
+    for (int k = 0; k < e->K; k++) {
+        const int code = e->bits == 8 ? r[k] : (r[k / 2] >> (4 * (k & 1))) & 15;
+        const size_t g = (size_t)tok * G + k / e->gs;
+        y[k] = e->s[g] * code + e->b[g];
+    }
+}
+
+// One step. kv[i] is sequence i's cache, L x 2 x KVH x cap[i] x HD floats (keys then values of each layer); want[r] != 0:
+// row r's logits are written to out, in row order. Returns 0; 1: a shape the kernels do not take; 2: out of memory;
+// 3: a position at or past its sequence's capacity.
+int ft_decode(const ft_model *m, int M, const int *tok, const int *seq, const int *pos, float *const *kv, const int *cap,
+              const int *want, float *out, int threads) {
+    const int D = m->D, HD = m->HD, H = m->H, KVH = m->KVH, QD = H * HD, KD = KVH * HD, F = m->F, h2 = HD / 2;
+    int maxpos = 0, nw = 0;
+    for (int r = 0; r < M; r++) {
+        if (pos[r] < 0 || pos[r] >= cap[seq[r]] || tok[r] < 0 || tok[r] >= m->embed.N) return 3;
+        if (pos[r] > maxpos) maxpos = pos[r];
+        nw += want[r] != 0;
+    }
+    const size_t sizes[] = {(size_t)M * D, (size_t)M * D, (size_t)M * QD, (size_t)M * KD, (size_t)M * KD, (size_t)M * QD,
+                            (size_t)M * F, (size_t)M * F, (size_t)M * h2, (size_t)M * h2, (size_t)maxpos + 8, (size_t)M * D};
+    size_t total = 0;
+    for (int i = 0; i < 12; i++) total += sizes[i];
+    float *buf = malloc(sizeof(float) * total);
+    if (!buf) return 2;
+    float *p[12];
+    for (int i = 0, at = 0; i < 12; at += sizes[i], i++) p[i] = buf + at;
+    float *x = p[0], *h = p[1], *q = p[2], *k = p[3], *v = p[4], *att = p[5], *g = p[6], *u = p[7], *cs = p[8], *sn = p[9], *sc = p[10], *o = p[11];
+    int err = 0;
+    for (int r = 0; r < M; r++) {
+        embed_row(&m->embed, tok[r], x + (size_t)r * D);
+        for (int i = 0; i < h2; i++) {
+            const double a = (double)pos[r] * m->freqs[i];
+            cs[(size_t)r * h2 + i] = (float)cos(a); sn[(size_t)r * h2 + i] = (float)sin(a);
+        }
+    }
+    const int grp = H / KVH;
+    for (int l = 0; l < m->L && !err; l++) {
+        const ft_layer *ly = m->layers + l;
+        rms_norm(x, ly->in_norm, M, D, m->eps, h);
+        if ((err = lin(&ly->q, h, M, q, threads)) || (err = lin(&ly->k, h, M, k, threads)) || (err = lin(&ly->v, h, M, v, threads))) break;
+        for (int r = 0; r < M; r++) {
+            const int c = cap[seq[r]];
+            float *kc = kv[seq[r]] + (size_t)l * 2 * KVH * c * HD, *vc = kc + (size_t)KVH * c * HD;
+            for (int hh = 0; hh < H; hh++) rope(q + (size_t)r * QD + hh * HD, cs + (size_t)r * h2, sn + (size_t)r * h2, HD);
+            for (int hh = 0; hh < KVH; hh++) {
+                float *kr = k + (size_t)r * KD + hh * HD;
+                rope(kr, cs + (size_t)r * h2, sn + (size_t)r * h2, HD);
+                memcpy(kc + ((size_t)hh * c + pos[r]) * HD, kr, sizeof(float) * HD);
+                memcpy(vc + ((size_t)hh * c + pos[r]) * HD, v + (size_t)r * KD + hh * HD, sizeof(float) * HD);
+            }
+        }
+        for (int r = 0; r < M; r++) {
+            const int c = cap[seq[r]], n = pos[r] + 1;
+            const float *kc = kv[seq[r]] + (size_t)l * 2 * KVH * c * HD, *vc = kc + (size_t)KVH * c * HD;
+            for (int hh = 0; hh < H; hh++) {
+                const float *qh = q + (size_t)r * QD + hh * HD, *kh = kc + (size_t)(hh / grp) * c * HD, *vh = vc + (size_t)(hh / grp) * c * HD;
+                float mx = -INFINITY, tot = 0;
+                for (int t = 0; t < n; t++) { sc[t] = dot(qh, kh + (size_t)t * HD, HD) * m->scale; if (sc[t] > mx) mx = sc[t]; }
+                for (int t = 0; t < n; t++) { sc[t] = expf(sc[t] - mx); tot += sc[t]; }
+                __m256 acc[16];
+                const int nv = HD / 8;
+                for (int i = 0; i < nv; i++) acc[i] = _mm256_setzero_ps();
+                for (int t = 0; t < n; t++) {
+                    const __m256 pt = _mm256_set1_ps(sc[t] / tot);
+                    for (int i = 0; i < nv; i++) acc[i] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vh + (size_t)t * HD + 8 * i), acc[i]);
+                }
+                for (int i = 0; i < nv; i++) _mm256_storeu_ps(att + (size_t)r * QD + hh * HD + 8 * i, acc[i]);
+            }
+        }
+        if ((err = lin(&ly->o, att, M, o, threads))) break;
+        for (size_t i = 0; i < (size_t)M * D; i++) x[i] += o[i];
+        rms_norm(x, ly->post_norm, M, D, m->eps, h);
+        if ((err = lin(&ly->gate, h, M, g, threads)) || (err = lin(&ly->up, h, M, u, threads))) break;
+        for (size_t i = 0; i < (size_t)M * F; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        if ((err = lin(&ly->down, g, M, o, threads))) break;
+        for (size_t i = 0; i < (size_t)M * D; i++) x[i] += o[i];
+    }
+    if (!err && nw) {
+        for (int r = 0, w = 0; r < M; r++) if (want[r]) memcpy(o + (size_t)w++ * D, x + (size_t)r * D, sizeof(float) * D);
+        rms_norm(o, m->norm, nw, D, m->eps, h);
+        err = lin(&m->head, h, nw, out, threads);
+    }
+    free(buf);
+    return err;
+}
+"""
+
+
 # %% ../nbs/02e_native.ipynb #90731388
 NATIVE_ENV = "FINETUNE_NATIVE"
 NATIVE_MAX_ROWS = 16  # inputs with at most this many rows (generation: a token per sequence) take the native kernel
@@ -161,18 +367,18 @@ def _cpu_id() -> str:
     return info
 
 def compile_native(folder=None) -> tuple[Path|None, str]:
-    "Compile `QMV_SOURCE` for this machine into `folder` (default: `native` in `finetune_home()`, `~/.cache/finetune` unless FINETUNE_HOME says otherwise), once per source, compiler and CPU: `(library, what happened)`."
+    "Compile `QMV_SOURCE` and `DECODE_SOURCE` for this machine into `folder` (default: `native` in `finetune_home()`, `~/.cache/finetune` unless FINETUNE_HOME says otherwise), once per source, compiler and CPU: `(library, what happened)`."
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc: return None, "no C compiler (cc, gcc or clang): MLX's quantized matmul is used"
-    key = hashlib.sha1("\0".join([QMV_SOURCE, os.path.realpath(cc), *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    key = hashlib.sha1("\0".join([QMV_SOURCE + DECODE_SOURCE, os.path.realpath(cc), *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
     out = Path(folder or finetune_home()/"native")/key/"qmv.so"
     if out.is_file(): return out, f"compiled earlier ({out})"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             src, lib = Path(tmp)/"qmv.c", Path(tmp)/"qmv.so"
-            src.write_text(QMV_SOURCE)
-            r = subprocess.run([cc, *FLAGS, "-o", str(lib), str(src)], capture_output=True, text=True, timeout=120)
+            src.write_text(QMV_SOURCE + DECODE_SOURCE)
+            r = subprocess.run([cc, *FLAGS, "-o", str(lib), str(src), "-lm"], capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 why = next((l for l in r.stderr.splitlines() if "error" in l), r.stderr.strip()[-300:])
                 return None, f"{cc} could not compile the kernel ({why.strip()}): MLX's quantized matmul is used"
@@ -198,6 +404,8 @@ def native_lib():
                 lib.ft_qmv.restype = ctypes.c_int
                 lib.ft_qmv.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+                lib.ft_decode.restype = ctypes.c_int
+                lib.ft_decode.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 7 + [ctypes.c_int]
                 _LIB = lib
             except OSError as e: status = f"could not load {path} ({e}): MLX's quantized matmul is used"
         native_state.update(status=status, path=str(path) if _LIB is not None else None)
@@ -240,3 +448,140 @@ def native_matmul(group_size:int, bits:int):
         dx = cotangent @ mx.dequantize(w, scales, biases, group_size=group_size, bits=bits).astype(cotangent.dtype)
         return (dx,) + tuple(mx.zeros_like(a) for a in primals[1:])  # the quantized weights are frozen
     return f
+
+# %% ../nbs/02e_native.ipynb #a1312a60
+class NativeUnsupported(ValueError):
+    "A model (or layer) the native decode step does not take; the message says what."
+
+class _Lin(ctypes.Structure):  # a layer's weight: float32 (w, N x K) or MLX's affine codes (q) with scales and biases; a LoRA adapter
+    _fields_ = ([(n, ctypes.c_void_p) for n in ("w", "q", "s", "b", "bias", "la", "lb")] + [(n, ctypes.c_int) for n in ("N", "K", "gs", "bits", "r")]
+                + [("lscale", ctypes.c_float)])
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("in_norm", ctypes.c_void_p), ("post_norm", ctypes.c_void_p)] + [(n, _Lin) for n in ("q", "k", "v", "o", "gate", "up", "down")]
+
+class _Model(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int) for n in ("L", "D", "H", "KVH", "HD", "F", "V")] + [("eps", ctypes.c_float), ("scale", ctypes.c_float),
+                ("freqs", ctypes.c_void_p), ("layers", ctypes.c_void_p), ("norm", ctypes.c_void_p), ("embed", _Lin), ("head", _Lin)])
+
+def _addr(a, keep:list) -> int:
+    "The address of MLX array `a`'s data (a numpy view of it, kept alive in `keep`)."
+    n = np.ascontiguousarray(np.asarray(a))
+    keep.append(n)
+    return _ptr(n)
+
+def _lin(m, keep:list, what:str) -> _Lin:
+    "Layer `m` for the C step: a plain `nn.Linear`/`nn.Embedding` in float32, or an affine 4/8-bit quantized one with float32 scales; either wrapped in mlx-lm's `LoRALinear`."
+    from mlx_lm.tuner.lora import LoRALinear
+    lora = None
+    if type(m) is LoRALinear:
+        if m.training and getattr(m.dropout, "_p_1", 0.0) < 1: raise NativeUnsupported(f"{what}'s adapter has dropout on (it is in training mode)")
+        lora, m = m, m.linear
+    if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+        mode, s, b = getattr(m, "mode", "affine"), m["scales"], m.get("biases")
+        if mode != "affine" or m.bits not in (4, 8) or b is None or m.group_size % 16:
+            raise NativeUnsupported(f"{what} is quantized as {mode}, {m.bits} bits, groups of {m.group_size}")
+        if s.dtype != mx.float32 or b.dtype != mx.float32: raise NativeUnsupported(f"{what} has {s.dtype} scales")
+        w = m["weight"]
+        l = _Lin(q=_addr(w, keep), s=_addr(s, keep), b=_addr(b, keep), N=w.shape[0], K=w.shape[1] * 32 // m.bits, gs=m.group_size, bits=m.bits)
+    elif type(m) in (nn.Linear, nn.Embedding):
+        if m.weight.dtype != mx.float32: raise NativeUnsupported(f"{what} is in {m.weight.dtype}")
+        l = _Lin(w=_addr(m.weight, keep), N=m.weight.shape[0], K=m.weight.shape[1])
+    else: raise NativeUnsupported(f"{what} is a {type(m).__name__}")  # adapters (LoRA, DoRA) wrapped around it, or another kind
+    if "bias" in m:
+        if m["bias"].dtype != mx.float32: raise NativeUnsupported(f"{what}'s bias is in {m['bias'].dtype}")
+        l.bias = _addr(m["bias"], keep)
+    if l.K % 16: raise NativeUnsupported(f"{what} takes {l.K} inputs (a multiple of 16 is needed)")
+    if lora is not None:  # copies of its two small matrices, transposed and padded (the adapter's own arrays are not changed)
+        a, b = lora.lora_a, lora.lora_b
+        if a.dtype != mx.float32 or b.dtype != mx.float32 or a.shape[0] != l.K or b.shape[1] != l.N: raise NativeUnsupported(f"{what}'s adapter is in {a.dtype}")
+        r, rp = a.shape[1], -(-a.shape[1] // 8) * 8
+        la, lb = np.zeros((rp, l.K), np.float32), np.zeros((l.N, rp), np.float32)
+        la[:r], lb[:, :r] = np.asarray(a).T, np.asarray(b).T
+        keep += [la, lb]
+        l.la, l.lb, l.r, l.lscale = _ptr(la), _ptr(lb), rp, float(lora.scale)
+    return l
+
+def _norm(m, keep:list, what:str) -> tuple[int, float]:
+    if type(m) is not nn.RMSNorm or m.weight.dtype != mx.float32:
+        raise NativeUnsupported(f"{what} is a {type(m).__name__} in {getattr(m.get('weight'), 'dtype', None)} (a float32 RMSNorm is needed)")
+    return _addr(m.weight, keep), m.eps
+
+def rope_freqs(rope, head_dim:int) -> np.ndarray:
+    "Each rotated pair's angle per position under rotary embedding module `rope` (pairs of element i and i + head_dim/2), read from the module at position 1: its base, scaling and frequencies, whatever computes them."
+    x = mx.concatenate([mx.ones((1, 1, 1, head_dim // 2)), mx.zeros((1, 1, 1, head_dim // 2))], -1)
+    y = np.asarray(rope(x, offset=1).astype(mx.float32)).reshape(-1)
+    return np.arctan2(y[head_dim // 2:], y[:head_dim // 2]).astype(np.float32)
+
+NATIVE_TYPES = ("llama", "mistral", "qwen2")  # mlx-lm model types built of RMSNorm, rotary attention and a SwiGLU MLP, layer for layer
+
+class NativeLlama:
+    "A llama-shaped MLX model handed to the C decode step (`DECODE_SOURCE`): its weights are read in place, not copied."
+    def __init__(self, model):
+        args, inner = getattr(model, "args", None), getattr(model, "model", None)
+        kind = getattr(model, "model_type", getattr(args, "model_type", None))
+        if kind not in NATIVE_TYPES or inner is None or not hasattr(inner, "layers"): raise NativeUnsupported(f"model type {kind}")
+        if any(getattr(l, "use_sliding", False) for l in inner.layers): raise NativeUnsupported("sliding-window attention")
+        if (lib := native_lib()) is None: raise NativeUnsupported(native_state["status"])
+        a0, keep = inner.layers[0].self_attn, []
+        H, KVH = a0.n_heads, a0.n_kv_heads
+        HD = getattr(a0, "head_dim", None) or a0.q_proj.weight.shape[0] // H
+        if HD % 16 or HD > 128 or H % KVH: raise NativeUnsupported(f"{H} heads over {KVH} key/value heads of {HD}")
+        if getattr(a0.rope, "traditional", False) or not isinstance(getattr(a0, "scale", None), float):
+            raise NativeUnsupported("an interleaved rotary embedding, or no attention scale")
+        layers = (_Layer * len(inner.layers))()
+        for i, ly in enumerate(inner.layers):
+            at, mlp = ly.self_attn, ly.mlp
+            if (at.n_heads, at.n_kv_heads, at.scale) != (H, KVH, a0.scale) or not hasattr(mlp, "gate_proj"): raise NativeUnsupported(f"layer {i} differs")
+            (n1, eps), (n2, _) = _norm(ly.input_layernorm, keep, f"layer {i}'s norm"), _norm(ly.post_attention_layernorm, keep, f"layer {i}'s norm")
+            layers[i] = _Layer(n1, n2, *(_lin(getattr(at, f"{p}_proj"), keep, f"layer {i}'s {p}_proj") for p in "qkvo"),
+                               *(_lin(getattr(mlp, f"{p}_proj"), keep, f"layer {i}'s {p}_proj") for p in ("gate", "up", "down")))
+        norm, _ = _norm(inner.norm, keep, "the final norm")
+        embed = _lin(inner.embed_tokens, keep, "the embedding")
+        head = _lin(model.lm_head, keep, "lm_head") if hasattr(model, "lm_head") else embed  # tied: the embedding is the output layer
+        freqs = rope_freqs(a0.rope, HD); keep.append(freqs)
+        self.c = _Model(len(layers), embed.K, H, KVH, HD, layers[0].gate.N, head.N, eps, a0.scale, _ptr(freqs),
+                        ctypes.addressof(layers), norm, embed, head)
+        self.lib, self.keep, self.layers = lib, keep, layers
+        self.n_layers, self.kv_heads, self.head_dim, self.vocab_size = len(layers), KVH, HD, head.N
+
+    def new_cache(self, size:int) -> np.ndarray:
+        "An empty cache for one sequence of up to `size` positions: layers x (keys, values) x key/value heads x size x head size."
+        return np.zeros((self.n_layers, 2, self.kv_heads, size, self.head_dim), np.float32)
+
+    def step(self, tokens:list, seqs:list, positions:list, caches:list, want:list, threads:int=1) -> np.ndarray:
+        "Run rows `tokens` (row r: sequence `seqs[r]`, whose cache is `caches[seqs[r]]`, at `positions[r]`); the logits of the rows with `want`, in order."
+        M = len(tokens)
+        ints = lambda xs: (ctypes.c_int * len(xs))(*map(int, xs))
+        for c in caches: assert c.dtype == np.float32 and c.flags.c_contiguous and c.shape[:3] == (self.n_layers, 2, self.kv_heads)
+        out = np.empty((sum(map(bool, want)), self.vocab_size), np.float32)
+        e = self.lib.ft_decode(ctypes.byref(self.c), M, ints(tokens), ints(seqs), ints(positions),
+                               (ctypes.c_void_p * len(caches))(*map(_ptr, caches)), ints([c.shape[3] for c in caches]),
+                               ints([bool(w) for w in want]), _ptr(out), threads)
+        if e: raise ValueError(f"The native decode step refused its input ({['', 'shapes', 'out of memory', 'a position or token out of range'][e]}).")
+        return out
+
+def _agrees(native:NativeLlama, model) -> str|None:
+    "None when the native step gives `model`'s own logits on a probe of six tokens; else how far apart they are."
+    probe = [t % native.vocab_size for t in (1, 2, 3, 5, 8, 13)]
+    want = np.asarray(model(mx.array([probe]))[0].astype(mx.float32))
+    got = native.step(probe, [0] * 6, range(6), [native.new_cache(8)], [1] * 6)
+    err, scale = float(np.abs(got - want).max()), float(np.abs(want).max())
+    return None if err <= 1e-3 * (1 + scale) else f"its logits differ from MLX's by {err:.3g} (largest {scale:.3g}) on a probe"
+
+def native_decoder(model) -> NativeLlama|None:
+    "`NativeLlama(model)` where the native step runs on it and gives MLX's logits (checked on a probe once per model and set of layer kinds); else None, with why in `native_state['decoder']`."
+    if mx.default_device() != mx.cpu: why = "not on the CPU"
+    else:
+        try: native, why = NativeLlama(model), None
+        except NativeUnsupported as e: why = str(e)
+        if why is None:
+            if "_ft_native_checks" not in vars(model): object.__setattr__(model, "_ft_native_checks", {})  # not a child module or parameter
+            kinds = frozenset(type(m).__name__ for _, m in model.named_modules())  # adapters put in or taken out change it
+            if (why := model._ft_native_checks.get(kinds, "unchecked")) == "unchecked": why = model._ft_native_checks[kinds] = _agrees(native, model)
+            if why is None:
+                native_state["decoder"] = "the native step"
+                return native
+    native_state["decoder"] = f"mlx-lm's step ({why})"
+    return None
+

@@ -256,6 +256,7 @@ def add(self:SharedBase, key:str, path):
     finally:  # the base's own layers go back, whether or not the adapters fitted
         new = {p: m for p, m in self.model.named_modules() if p in before and m is not before[p]}
         for p in new: _set_module(self.model, p, before[p])
+    for m in new.values(): m.eval()  # served, not trained: an adapter's dropout is off (loaded adapters start in training mode)
     self.originals.update({p: before[p] for p in new})
     self.layers[key] = new
 
@@ -640,4 +641,9 @@ def run_server(model:str="tiny",          # Model to serve
     app = create_app(model, adapter, api_key=api_key, max_tokens_cap=max_tokens_cap, rate_limit=rate_limit, host=host, **kwargs)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))  # the config sets up uvicorn's loggers
     logging.getLogger("uvicorn.access").addFilter(_NoQuery())
+    fl = logging.getLogger("finetune")  # finetune's own messages (which decode step the engine uses, failures) beside uvicorn's
+    if not fl.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        fl.addHandler(h); fl.setLevel(logging.getLogger("uvicorn.error").level)
     server.run()
