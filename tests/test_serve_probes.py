@@ -204,9 +204,9 @@ def test_malformed_openai_requests(server):
 # ---- a client that leaves
 
 def test_disconnect_stops_generation(server):
-    body = {"prompt": "the", "max_tokens": 600}  # greedy, the tiny model goes on to the end
+    body = {"prompt": "the", "max_tokens": 1800}  # greedy, the tiny model goes on to the end (its context is 2048)
     full = httpx.post(server + "/v1/completions", json=body, timeout=300).json()
-    if full["usage"]["completion_tokens"] < 600: pytest.skip("the tiny model ended its answer early")
+    if full["usage"]["completion_tokens"] < 1800: pytest.skip("the tiny model ended its answer early")
     before = httpx.get(server + "/health").json()["tokens_generated"]
     with httpx.stream("POST", server + "/v1/completions", json={**body, "stream": True}, timeout=60) as r:
         for line in r.iter_lines():
@@ -215,4 +215,6 @@ def test_disconnect_stops_generation(server):
         h = httpx.get(server + "/health").json()
         if h["generating"] == 0: break
         time.sleep(0.1)
-    assert h["generating"] == 0 and h["tokens_generated"] - before < 300, h  # stopped well before the 600 asked for
+    # stopped well before the 1800 asked for: the disconnect is noticed within a fraction of a second, and the tokens made
+    # meanwhile depend on the decoder's speed (the native step makes some hundreds of the tiny model's in that time)
+    assert h["generating"] == 0 and h["tokens_generated"] - before < 900, h
