@@ -553,7 +553,12 @@ class NativeLlama:
         "Run rows `tokens` (row r: sequence `seqs[r]`, whose cache is `caches[seqs[r]]`, at `positions[r]`); the logits of the rows with `want`, in order."
         M = len(tokens)
         ints = lambda xs: (ctypes.c_int * len(xs))(*map(int, xs))
-        for c in caches: assert c.dtype == np.float32 and c.flags.c_contiguous and c.shape[:3] == (self.n_layers, 2, self.kv_heads)
+        seqs, positions, want = list(seqs), list(positions), list(want)
+        if not (M == len(seqs) == len(positions) == len(want)) or any(not 0 <= s < len(caches) for s in seqs):
+            raise ValueError(f"{M} tokens, {len(seqs)} sequence numbers (each below {len(caches)}, the caches), {len(positions)} positions and {len(want)} flags: one of each per row.")
+        for c in caches:
+            if c.dtype != np.float32 or not c.flags.c_contiguous or c.ndim != 5 or c.shape[:3] != (self.n_layers, 2, self.kv_heads) or c.shape[4] != self.head_dim:
+                raise ValueError("A cache is not one of `new_cache`'s (contiguous float32, layers x 2 x key/value heads x size x head size).")
         out = np.empty((sum(map(bool, want)), self.vocab_size), np.float32)
         e = self.lib.ft_decode(ctypes.byref(self.c), M, ints(tokens), ints(seqs), ints(positions),
                                (ctypes.c_void_p * len(caches))(*map(_ptr, caches)), ints([c.shape[3] for c in caches]),
