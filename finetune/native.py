@@ -113,6 +113,16 @@ static void rows8(const job *j) { rows_by(j, 8); }
 
 static void *run(void *p) { const job *j = p; if (j->M == 1) one_row(j); else if (j->M == 4) rows4(j); else rows8(j); return NULL; }
 
+// fn on each of `threads` jobs (an array of `size`-byte jobs): the first on this thread, the others on threads of their
+// own, or on this one where a thread cannot start
+static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, int threads) {
+    pthread_t tid[16];
+    int started[16] = {0};
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tid[t], NULL, fn, (char *)jobs + t * size) == 0;
+    fn(jobs);
+    for (int t = 1; t < threads; t++) { if (started[t]) pthread_join(tid[t], NULL); else fn((char *)jobs + t * size); }
+}
+
 // y (M x N) = x (M x K) @ dequantize(w).T, the rows of w split over `threads` threads.
 // Returns 0 when done; 1: bits, group size or shapes the kernel does not take; 2: out of memory.
 int ft_qmv(const float *x, int M, int K, const uint8_t *w, const float *s, const float *b, int N, int gs, int bits,
@@ -134,14 +144,9 @@ int ft_qmv(const float *x, int M, int K, const uint8_t *w, const float *s, const
     if (threads > N / 256) threads = N / 256;
     if (threads < 1) threads = 1;
     job jobs[16];
-    pthread_t tid[16];
-    int started[16] = {0};
-    for (int t = 0; t < threads; t++) {
+    for (int t = 0; t < threads; t++)
         jobs[t] = (job){xp, xs, Mp, M, K, w, s, b, (int)((long)N * t / threads), (int)((long)N * (t + 1) / threads), N, gs, bits, y};
-        if (t > 0) started[t] = pthread_create(&tid[t], NULL, run, &jobs[t]) == 0;
-    }
-    run(&jobs[0]);
-    for (int t = 1; t < threads; t++) { if (started[t]) pthread_join(tid[t], NULL); else run(&jobs[t]); }
+    run_jobs(run, jobs, sizeof(job), threads);
     free(xp);
     return 0;
 }
@@ -198,15 +203,11 @@ static void f32_mm(const float *x, int M, int K, const float *w, int N, float *y
     if (threads > N / 64) threads = N / 64;
     if (threads < 1) threads = 1;
     fjob jobs[16];
-    pthread_t tid[16];
-    int started[16] = {0};
     for (int t = 0; t < threads; t++) {
-        int n0 = (int)((long)N * t / threads) & ~1, n1 = t == threads - 1 ? N : (int)((long)N * (t + 1) / threads) & ~1;
+        const int n0 = (int)((long)N * t / threads) & ~1, n1 = t == threads - 1 ? N : (int)((long)N * (t + 1) / threads) & ~1;
         jobs[t] = (fjob){x, M, K, w, n0, n1, N, y};
-        if (t > 0) started[t] = pthread_create(&tid[t], NULL, f32_run, &jobs[t]) == 0;
     }
-    f32_run(&jobs[0]);
-    for (int t = 1; t < threads; t++) { if (started[t]) pthread_join(tid[t], NULL); else f32_run(&jobs[t]); }
+    run_jobs(f32_run, jobs, sizeof(fjob), threads);
 }
 
 // threads worth starting for an M x K by K x N product: one for small ones (starting threads would cost more)
