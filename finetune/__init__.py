@@ -7,7 +7,7 @@ Docs: https://finetune-dev.github.io/finetune/blas.html.md"""
 
 # %% auto #0
 __all__ = ['BLAS_ENV', 'OFF', 'blas_state', 'CPU_ENV', 'cpu_state', 'M_TRIM_THRESHOLD', 'M_TOP_PAD', 'M_MMAP_MAX', 'candidates',
-           'load_blas', 'tune_malloc', 'jit_wrapper', 'jit_native', 'tune_cpu']
+           'load_blas', 'blas_threads', 'tune_malloc', 'jit_wrapper', 'jit_native', 'tune_cpu']
 
 # %% ../nbs/02a_blas.ipynb #7be428b8
 import ctypes, ctypes.util, os, site, sys
@@ -56,6 +56,24 @@ def load_blas() -> dict:
 
 # %% ../nbs/02a_blas.ipynb #30467aa5
 load_blas()
+
+# %% ../nbs/02a_blas.ipynb #5c684390
+_THREAD_CALLS = (("MKL_Get_Max_Threads", "MKL_Set_Num_Threads"), ("openblas_get_num_threads", "openblas_set_num_threads"))
+_blas_lib = []  # the loaded BLAS, opened once
+
+def blas_threads(n:int|None=None) -> int|None:
+    "Threads the loaded BLAS runs a product on, after setting them to `n` (at least 1) if given; None where it cannot say."
+    if blas_state["status"] != "loaded": return None
+    if not _blas_lib:
+        try: _blas_lib.append(ctypes.CDLL(blas_state["path"]))
+        except OSError: _blas_lib.append(None)
+    lib = _blas_lib[0]
+    for get, put in _THREAD_CALLS:
+        g, s = getattr(lib, get, None), getattr(lib, put, None)
+        if g is None or s is None: continue
+        if n is not None: s(ctypes.c_int(max(1, int(n))))
+        return int(g())
+    return None
 
 # %% ../nbs/02a_blas.ipynb #22285c4d
 CPU_ENV = "FINETUNE_CPU_TUNING"

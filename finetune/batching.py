@@ -15,8 +15,9 @@ from .kernels import fast_cross_entropy
 import mlx.core as mx
 
 # %% auto #0
-__all__ = ['pack_rows', 'plan_batches', 'num_batches', 'Batch', 'make_batch', 'iterate_batches', 'padding_stats', 'PackedMask',
-           'split_head', 'token_losses', 'loss_fn', 'batch_loss']
+__all__ = ['ATTENTION_LENGTH', 'pack_rows', 'plan_batches', 'num_batches', 'Batch', 'make_batch', 'iterate_batches',
+           'row_lengths', 'split_rows', 'split_batch', 'padding_stats', 'PackedMask', 'split_head', 'token_losses',
+           'loss_fn', 'batch_loss']
 
 # %% ../nbs/04a_batching.ipynb #7349076d
 def pack_rows(lengths, capacity:int) -> list[list[int]]:
@@ -77,6 +78,7 @@ class Batch:
     seq_tokens: mx.array|None = None # float32 [2P]: pairs only, trained targets per sequence
     ref_logps: mx.array|None = None  # float32 [2P]: pairs only, the reference model's log-probabilities of the sequences (an objective sets them)
     items: tuple = ()                # the dataset items in the batch, in order
+    rows: tuple = ()                 # the rows it was made from (item indices each), in order
 
 # %% ../nbs/04a_batching.ipynb #945c4662
 def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=False, pad_id:int|None=None) -> Batch:
@@ -100,7 +102,7 @@ def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=Fal
     return Batch(mx.array(inputs), mx.array(targets), mx.array(weights), mx.array(segs) if pack else None,
                  int(weights.sum()), n_real, B * L, mx.array(pos) if len(pos) else None,
                  None if sids is None else mx.array(sids), None if sids is None else mx.array(np.bincount(sids, minlength=S * len(items)).astype(np.float32)),
-                 items=items)
+                 items=items, rows=tuple(tuple(r) for r in rows))
 
 # %% ../nbs/04a_batching.ipynb #437e6a5e
 def iterate_batches(ds:TokenizedDataset, batch_size:int, max_seq_length:int, pack:bool=False, shuffle:bool=True, seed:int=0,
@@ -109,6 +111,37 @@ def iterate_batches(ds:TokenizedDataset, batch_size:int, max_seq_length:int, pac
     if len(ds) == 0: return
     for gb in plan_batches(ds, batch_size, max_seq_length, pack, shuffle, seed, epoch, world_size)[start:]:
         yield make_batch(ds, gb[rank::world_size], max_seq_length, pack)
+
+# %% ../nbs/04a_batching.ipynb #6c38e134
+def row_lengths(ds:TokenizedDataset, rows:list, max_seq_length:int) -> list[int]:
+    "Input positions of each row (the sum of its examples', as `make_batch` builds it; the longer side of pairs)."
+    return [sum(min(int(ds.lengths[i]), max_seq_length) - 1 for i in row) for row in rows]
+
+ATTENTION_LENGTH = 1024  # a row this long costs twice its positions (the attention's share grows with the length)
+
+def split_rows(lengths, parts:int) -> list[list[int]]:
+    "Indices of `lengths` in `min(parts, len(lengths))` groups of neighbouring lengths, longest first, balancing the groups' padded work."
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    L, n = [max(int(lengths[i]), 1) for i in order], len(order)
+    P = max(1, min(parts, n))
+    cost = lambda a, b: (b - a) * L[a] * (1 + L[a] / ATTENTION_LENGTH)  # rows a..b-1, padded to the longest, L[a]  # noqa: E731
+    best = [[float("inf")] * (n + 1) for _ in range(P + 1)]  # best[k][j]: least largest cost of the first j rows in k groups
+    cut = [[0] * (n + 1) for _ in range(P + 1)]
+    best[0][0] = 0.0
+    for k in range(1, P + 1):
+        for j in range(k, n - (P - k) + 1):
+            for i in range(k - 1, j):
+                c = max(best[k - 1][i], cost(i, j))
+                if c < best[k][j]: best[k][j], cut[k][j] = c, i
+    bounds, j = [], n
+    for k in range(P, 0, -1): bounds.append((cut[k][j], j)); j = cut[k][j]
+    return [order[a:b] for a, b in reversed(bounds)]
+
+def split_batch(ds:TokenizedDataset, b:Batch, max_seq_length:int, parts:int) -> list[Batch]:
+    "Batch `b` as up to `parts` batches of its rows (`split_rows`), each padded to its own longest row; `[b]` when it has one row or `parts` < 2."
+    if parts < 2 or len(b.rows) < 2: return [b]
+    groups = split_rows(row_lengths(ds, b.rows, max_seq_length), parts)
+    return [make_batch(ds, [b.rows[i] for i in g], max_seq_length, b.segments is not None) for g in groups]
 
 # %% ../nbs/04a_batching.ipynb #e9edd932
 def padding_stats(ds:TokenizedDataset, batch_size:int, max_seq_length:int, pack:bool=False) -> dict:

@@ -52,6 +52,7 @@ class BenchSpec:
     bf16_max_seq_length:int|None=None # longest row of the bfloat16 runs (None: `max_seq_length`; cut rows may lose every answer token)
     profile:bool=False         # measure where a training step's time goes, by op type
     untuned:bool=False         # one more finetune run without finetune's CPU settings (FINETUNE_CPU_TUNING=off; every other run has them)
+    one_stream:bool=False      # one more finetune run with each batch whole on one stream (FINETUNE_CPU_STREAMS=1; on the CPU the others split it)
     seed:int=0
 
 QUICK = BenchSpec(n_layers=2, hidden_size=128, n_heads=4, n_kv_heads=2, intermediate_size=256, vocab_size=1024, n_train=240,
@@ -59,7 +60,7 @@ QUICK = BenchSpec(n_layers=2, hidden_size=128, n_heads=4, n_kv_heads=2, intermed
                   stock_iters=3, gc_iters=2)
 
 REAL = BenchSpec(real_model="smollm2-135m", n_train=40, n_valid=32, median_notes=4, max_notes=12, iters=10, reps=2, learning_rate=2e-4, lora_layers=-1,
-                 systems=("mlx_lm", "mlx_lm_fixed", "mlx_lm_same", "finetune", "finetune_qlora"), stock_iters=0, gc_iters=0, bf16_iters=4, profile=True, untuned=True)
+                 systems=("mlx_lm", "mlx_lm_fixed", "mlx_lm_same", "finetune", "finetune_qlora"), stock_iters=0, gc_iters=0, bf16_iters=4, profile=True, untuned=True, one_stream=True)
 
 WORKLOADS = {"synthetic": BenchSpec(), "real": REAL}
 
@@ -411,11 +412,11 @@ def profile_step(config:dict, reps:int=5) -> dict:
     "Seconds a typical training step of `config` spends on each kind of work (each timed alone at the step's shapes), and the whole step."
     from mlx_lm.models.activations import swiglu
     from finetune.kernels import fast_attention, fast_cross_entropy, fast_kernels, fast_softmax, fast_swiglu, kernels_wanted
-    from finetune.batching import make_batch, plan_batches, split_head
+    from finetune.batching import make_batch, plan_batches, split_batch, split_head
     from finetune.config import as_config
     from finetune.data import prepare_data
     from finetune.models import attach_adapters, load_model
-    from finetune.train import make_optimizer, make_step
+    from finetune.train import blas_share, cpu_streams, make_optimizer, make_step, micro_parts, split_min_positions
     c = as_config(config)
     model, tok = load_model(c); attach_adapters(model, c); model.train()
     with fast_kernels(model):  # as the trainer runs on the CPU
@@ -443,6 +444,12 @@ def profile_step(config:dict, reps:int=5) -> dict:
         n_ad = n if c.lora_layers == -1 else c.lora_layers  # blocks with adapters: forward and backward; the rest forward only
         rnd = lambda *s: mx.random.normal(s)
         jobs = [("step", 1, lambda: (update(*micro(batch)), model.state, opt.state)), ("optimizer", 1, lambda: (update(*acc), model.state, opt.state))]
+        pieces = split_batch(ds, batch, c.max_seq_length, cpu_streams()) if batch.n_padded >= split_min_positions(model) else [batch]  # the trainer's step on the CPU: the batch in parts, at once
+        def in_parts():
+            with blas_share(len(pieces)):
+                out = (update(*micro_parts(micro, pieces)), model.state, opt.state); mx.eval(out)
+            return out
+        if len(pieces) > 1: jobs.append(("step in parts", 1, in_parts))
         def both(name, make):  # one job for the adapted blocks (forward and backward), one for the rest (forward only)
             jobs.extend((name, k, make(bw)) for bw, k in ((True, n_ad), (False, n - n_ad)) if k)
         ins = dict(q_proj=H, k_proj=H, v_proj=H, o_proj=nh * hd, gate_proj=H, up_proj=H, down_proj=I)
@@ -463,11 +470,12 @@ def profile_step(config:dict, reps:int=5) -> dict:
         tgt = mx.array(np.random.default_rng(0).integers(0, V, P), mx.int32)
         jobs.append(("loss (cross-entropy)", 1, _fwd_bwd(lambda z: fast_cross_entropy(z, tgt).sum(), rnd(P, V))))
         parts = _round_robin(jobs, reps)
-        step_s = parts.pop("step")
+        step_s, parts_s = parts.pop("step"), parts.pop("step in parts", None)
         other = step_s - sum(v for k, v in parts.items() if k != "of which softmax")
         parts["data"] = data_s
         return dict(batch=[B, L], trained_positions=P, adapted_blocks=n_ad, blocks=n, step_s=step_s, parts=parts, other_s=other,
-                    compile_s=compile_s, distinct_lengths=len(lengths), batches=len(plans))
+                    compile_s=compile_s, distinct_lengths=len(lengths), batches=len(plans),
+                    split=dict(step_s=parts_s, shapes=[list(b.inputs.shape) for b in pieces]) if parts_s else None)
 
 # %% ../nbs/15_bench.ipynb #fe58d102
 def paired_steps(config:dict, steps:int=6, bits:int=4) -> dict:
@@ -517,7 +525,7 @@ def _data_stats(paths:dict, spec:BenchSpec) -> tuple[list[int], float]:
 SYSTEMS = dict(mlx_lm="mlx_lm.lora", mlx_lm_fixed="mlx_lm.lora, sort and mask fixed", mlx_lm_same="mlx_lm.lora (fixed), finetune's batches", finetune="finetune", finetune_plot="finetune + live plot",
                finetune_qlora="finetune, QLoRA (4-bit)", mlx_lm_stock="mlx_lm.lora, bundled BLAS",
                finetune_bf16="finetune, bf16 files", mlx_lm_fixed_bf16="mlx_lm.lora (fixed), bf16 files",
-               finetune_untuned="finetune, CPU settings off")
+               finetune_untuned="finetune, CPU settings off", finetune_one_stream="finetune, each batch whole on one stream")
 
 def _run(system:str, spec:BenchSpec, paths:dict, runs:Path, name:str, log, skip:int, seed:int|None=None, order:list|None=None, **env) -> dict:
     "One run of `system` in a worker (seeded with `seed`, default `spec.seed`; `order`: the training batches mlx_lm_same is fed), summarized."
@@ -553,6 +561,8 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
         extra["mlx_lm_stock"] = _run("mlx_lm_stock", dataclasses.replace(spec, iters=spec.stock_iters), paths, runs, "mlx_lm_stock", log, 1, FINETUNE_BLAS="off", FINETUNE_CPU_TUNING="off")
     if spec.untuned:  # what the heap and native-kernel settings of `import finetune` give (every run above has them)
         extra["finetune_untuned"] = _run("finetune_untuned", spec, paths, runs, "finetune_untuned", log, spec.skip_steps, FINETUNE_CPU_TUNING="off")
+    if spec.one_stream:  # what computing each batch in parts on the CPU's streams gives (every finetune run above does)
+        extra["finetune_one_stream"] = _run("finetune_one_stream", spec, paths, runs, "finetune_one_stream", log, spec.skip_steps, FINETUNE_CPU_STREAMS="1")
     for system in ("finetune_bf16", "mlx_lm_fixed_bf16") if spec.bf16_iters else ():
         extra[system] = _run(system, spec, paths, runs, system, log, 1)
     gc = {}
@@ -582,7 +592,7 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
 
 # %% ../nbs/15_bench.ipynb #95f9d7ba
 TARGETS = dict(speedup=1.6, val_loss_rel=0.02, utilization=0.35, qlora_step=1.5, bf16_speedup=20.0, grad_checkpoint_cut=0.30, liveplot_cost=0.03)
-ORDER = ["finetune", "finetune_plot", "finetune_qlora", "finetune_untuned", "mlx_lm_fixed", "mlx_lm_same", "mlx_lm", "mlx_lm_stock", "finetune_bf16", "mlx_lm_fixed_bf16"]
+ORDER = ["finetune", "finetune_plot", "finetune_qlora", "finetune_untuned", "finetune_one_stream", "mlx_lm_fixed", "mlx_lm_same", "mlx_lm", "mlx_lm_stock", "finetune_bf16", "mlx_lm_fixed_bf16"]
 KEYS = ["useful_tokens_per_sec", "padding_waste", "peak_memory_gb", "max_rss_gb", "first_step_s", "val_loss", "final_train_loss", "longest_batch"]
 
 def _median(rows:list, key:str) -> float|None:
@@ -602,6 +612,7 @@ def _ratios(systems:dict, results:dict, gc:dict) -> dict:
     each = lambda s, k="useful_tokens_per_sec": [x["summary"].get(k) for x in results.get(s, [])]  # noqa: E731  (by repetition, so by seed)
     tps = each("finetune")
     r["cpu_settings_gain"] = div(tps[0] if tps else None, v("finetune_untuned"))  # the one untuned run has the first repetition's seed: compare like with like
+    r["parts_gain"] = div(tps[0] if tps else None, v("finetune_one_stream"))  # so has the one-stream run
     r["val_loss_vs_fixed_by_seed"] = [a / b for a, b in zip(each("finetune", "val_loss"), each("mlx_lm_fixed", "val_loss")) if a is not None and b]
     r["speedup_vs_fixed_by_seed"] = [a / b for a, b in zip(tps, each("mlx_lm_fixed")) if b]
     # the same batches in the same order: what is left of a validation-loss gap is the implementations, not the draw of batches
@@ -666,6 +677,10 @@ def _profile_md(p:dict) -> list[str]:
     else:  # timed alone, each part pays launch and memory costs that the compiled step shares or overlaps
         lines += ["", f"Timed alone, the parts add up to {1 - p['other_s'] / p['step_s']:.0%} of the compiled step: alone, each pays "
                   "costs that the whole step shares or overlaps, so the shares are upper bounds."]
+    if sp := p.get("split"):
+        lines += ["", f"The parts above are timed on one stream, as MLX runs a step by default. The trainer computes the batch in "
+                  f"{len(sp['shapes'])} parts at once on the CPU ({', '.join('x'.join(map(str, s)) for s in sp['shapes'])}), one stream each: "
+                  f"**{sp['step_s']:.2f} s**, {p['step_s'] / sp['step_s']:.2f}x faster than the whole batch on one stream."]
     if p.get("compile_s") is not None:
         lines += ["", f"Tracing and compiling the step for a batch of a new padded length took {p['compile_s']:.2f} s; an epoch of "
                   f"{p['batches']} batches has {p['distinct_lengths']} distinct padded lengths, so a run compiles up to that many times."]
@@ -737,6 +752,10 @@ def markdown(res:dict) -> str:
                      f"{res['systems']['finetune_untuned']['useful_tokens_per_sec']:.0f} useful tok/s against "
                      f"{res['systems']['finetune']['reps'][0]['useful_tokens_per_sec']:.0f} with them at the same seed, so they make it "
                      f"**{r['cpu_settings_gain']:.2f}x** faster")
+    if r.get("parts_gain"):
+        lines.append(f"- on the CPU finetune computes each batch in parts at once, a stream each; with each batch whole on one stream: "
+                     f"{res['systems']['finetune_one_stream']['useful_tokens_per_sec']:.0f} useful tok/s against "
+                     f"{res['systems']['finetune']['reps'][0]['useful_tokens_per_sec']:.0f} in parts at the same seed: **{r['parts_gain']:.2f}x**")
     if r.get("run_to_run_spread") is not None:
         lines.append(f"- finetune's repetitions differ by {r['run_to_run_spread']:.1%} (each has its own seed, so its own batches: "
                      "the spread is not timing noise alone)")

@@ -198,6 +198,7 @@ class Progress(Callback):
         self._say(f"training {self.total} steps" + (f", resumed at step {m['step']}" if m.get("resumed_from") else "") +
                   (f", {pc['trainable']:,} of {pc['total']:,} parameters trainable ({pc['percent']:.2f}%)" if pc else "") +
                   (f", computing in {m['dtype']}" if m.get("dtype") else "") +
+                  (f", each batch in up to {k} parts at once (CPU streams)" if (k := m.get("cpu_streams") or 1) > 1 else "") +
                   (f", first the reference log-probabilities of {n:,} pairs" if (n := m.get("reference_pairs")) else "") +
                   f" -> {m.get('run_dir', '')}")
     def after_step(self, m):

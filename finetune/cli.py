@@ -66,8 +66,10 @@ def info(as_json:bool=typer.Option(False, "--json", help="Print the report as JS
     "Show where training runs: backend, device, memory, and the BLAS in use with its measured speed."
     from finetune.device import device_report, format_report
     from finetune.models import dtype_policy
-    r = device_report(measure=measure) | dict(dtype=dtype_policy())
-    typer.echo(json.dumps(r, indent=2) if as_json else format_report(r) + f"\n{'dtype':<9} {r['dtype']}")
+    from finetune.train import cpu_streams
+    r = device_report(measure=measure) | dict(dtype=dtype_policy(), cpu_streams=cpu_streams())
+    typer.echo(json.dumps(r, indent=2) if as_json else format_report(r) + f"\n{'dtype':<9} {r['dtype']}"
+               + f"\n{'streams':<9} {r['cpu_streams']} (parts of each training batch computed at once)")
 
 # %% ../nbs/12_cli.ipynb #e9af62f7
 @app.command("make-tiny")

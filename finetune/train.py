@@ -6,7 +6,8 @@ Docs: https://finetune-dev.github.io/finetune/train.html.md"""
 
 # %% ../nbs/05_train.ipynb #6f0b3497
 from __future__ import annotations
-import math, threading, time
+import math, os, threading, time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from fastcore.basics import patch
@@ -21,11 +22,13 @@ from .checkpoint import (disk_errors, find_checkpoint, list_checkpoints, load_ch
 from .models import attach_adapters, count_parameters, describe_dtype, load_model, save_adapters as write_adapters
 from .data import prepare_data
 from .kernels import fast_kernels
-from .batching import batch_loss, iterate_batches, num_batches, split_head
+from .batching import batch_loss, iterate_batches, num_batches, split_batch, split_head
+from . import blas_threads
 
 # %% auto #0
-__all__ = ['lr_schedule', 'make_optimizer', 'checkpoint_layers', 'global_norm', 'make_step', 'validation_metrics',
-           'validation_loss', 'Trainer', 'train']
+__all__ = ['STREAMS_ENV', 'SPLIT_MIN_POSITIONS', 'SPLIT_MIN_POSITIONS_QUANTIZED', 'AUTO_STREAMS', 'lr_schedule', 'make_optimizer',
+           'checkpoint_layers', 'global_norm', 'make_step', 'cpu_cores', 'cpu_streams', 'split_min_positions',
+           'stream_pool', 'micro_parts', 'blas_share', 'validation_metrics', 'validation_loss', 'Trainer', 'train']
 
 # %% ../nbs/05_train.ipynb #fe753c23
 import mlx.core as mx
@@ -134,6 +137,54 @@ def make_step(model, optimizer, loss=batch_loss, max_grad_norm:float|None=None, 
         optimizer.update(model, g)
         return l / w, w, n, norm, {k: v / w for k, v in m.items()}
     return micro, update
+
+# %% ../nbs/05_train.ipynb #ddaef510
+STREAMS_ENV = "FINETUNE_CPU_STREAMS"
+SPLIT_MIN_POSITIONS = 256  # smaller batches stay whole
+SPLIT_MIN_POSITIONS_QUANTIZED = 2048  # on a quantized base (each part dequantizes every weight again)
+AUTO_STREAMS = 8  # the most parts by default (measured on 2 cores; more cores may gain from more, through FINETUNE_CPU_STREAMS)
+_streams = []  # CPU streams, made once per process (each has its own thread)
+
+def cpu_cores() -> int:
+    "The cores this process may run on."
+    try: return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError: return max(1, os.cpu_count() or 1)
+
+def cpu_streams() -> int:
+    "How many parts (and CPU streams) a training step computes a batch in: 1 on a GPU; `FINETUNE_CPU_STREAMS`, else one per core (up to `AUTO_STREAMS`)."
+    if mx.default_device() != mx.cpu: return 1
+    v = os.environ.get(STREAMS_ENV, "").strip()
+    if not v or v.lower() == "auto": return min(cpu_cores(), AUTO_STREAMS)
+    try: return max(1, int(v))
+    except ValueError: raise ConfigError(f"{STREAMS_ENV}={v!r} is not a number of streams.", hint=f"Set {STREAMS_ENV} to a whole number (1: one stream), or unset it.") from None
+
+def split_min_positions(model) -> int:
+    "The fewest padded positions of a batch the trainer splits into parts: more on a quantized base, whose every part dequantizes every weight again."
+    quantized = any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+    return SPLIT_MIN_POSITIONS_QUANTIZED if quantized else SPLIT_MIN_POSITIONS
+
+def stream_pool(n:int) -> list:
+    "`n` CPU streams, the same ones every call."
+    while len(_streams) < n: _streams.append(mx.new_stream(mx.cpu))
+    return _streams[:n]
+
+def micro_parts(micro, parts:list, acc=None, prepare=None):
+    "`micro`'s sums (`make_step`) over the batches `parts`, added to `acc`: more than one, each on a CPU stream of its own, at once."
+    prepare = prepare or (lambda b: b)
+    if len(parts) == 1: return micro(prepare(parts[0]), acc)
+    for s, p in zip(stream_pool(len(parts)), parts):
+        with mx.stream(s): out = micro(prepare(p), None)
+        acc = out if acc is None else tree_map(mx.add, acc, out)  # on the default stream, once both are done
+    return acc
+
+@contextmanager
+def blas_share(parts:int):
+    "Within the block, the BLAS runs each product on its share of the cores when `parts` products run at once."
+    old = blas_threads() if parts > 1 else None
+    if old is None: yield; return
+    blas_threads(max(1, cpu_cores() // parts))
+    try: yield
+    finally: blas_threads(old)
 
 # %% ../nbs/05_train.ipynb #4fbe048f
 def validation_metrics(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, num_batches:int=-1,
@@ -265,6 +316,7 @@ def _setup(self:Trainer, resume=None):
     m.train()
     self._state = [m.state, self.optimizer.state, mx.random.state]
     self._micro, self._update = make_step(m, self.optimizer, self.objective.loss, c.max_grad_norm, self.world_size > 1)
+    self.parts, self.split_min = cpu_streams(), split_min_positions(m)
 
 @patch
 def _check_fresh(self:Trainer):
@@ -309,7 +361,7 @@ def fit(self:Trainer, resume=None) -> dict:
     if self.rank == 0:
         with disk_errors(self.files.config, "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.files.config)
     self("before_fit", total_steps=self.total_steps, run_dir=str(self.run_dir), resumed_from=self.resumed_from, history=self.history_at_start,
-         params=count_parameters(self.model), dtype=describe_dtype(self.model), reference_pairs=self._reference_pass())
+         params=count_parameters(self.model), dtype=describe_dtype(self.model), reference_pairs=self._reference_pass(), cpu_streams=self.parts)
     with fast_kernels(self.model):  # on the CPU: faster SwiGLU and attention in every step compiled now
         tic = time.perf_counter()  # what the objective computes once, before the first step (DPO's reference log-probabilities)
         self.reference_time = round(time.perf_counter() - tic, 3) if self.objective.precompute(
@@ -345,12 +397,16 @@ def _one_step(self:Trainer, group) -> dict:
     "One optimizer step over a group of micro-batches; its metrics."
     tic = time.perf_counter()
     mx.random.seed(_step_seed(self.config.seed, self.step))
-    acc = None
-    for b in group:
-        acc = self._micro(self.objective.prepare(self.model, b, self.train_data), acc)
-        if len(group) > 1: mx.eval(acc)
-    loss, _, n, norm, extra = self._update(*acc)
-    mx.eval(self._state, loss, n, norm, extra)
+    acc, done = None, []
+    split = lambda b: split_batch(self.train_data, b, self.config.max_seq_length, self.parts) if b.n_padded >= self.split_min else [b]  # noqa: E731
+    parts = [split(b) for b in group] if self.parts > 1 else [[b] for b in group]
+    with blas_share(max(map(len, parts))):
+        for ps in parts:
+            acc = micro_parts(self._micro, ps, acc, lambda b: self.objective.prepare(self.model, b, self.train_data))
+            if len(group) > 1: mx.eval(acc)
+            done += ps
+        loss, _, n, norm, extra = self._update(*acc)
+        mx.eval(self._state, loss, n, norm, extra)
     self.step, self.batch = self.step + 1, self.batch + len(group)
     loss, n = loss.item(), int(n.item())
     if not math.isfinite(loss):
@@ -359,7 +415,7 @@ def _one_step(self:Trainer, group) -> dict:
                             hint="Lower learning_rate (or set max_grad_norm), then resume from the last checkpoint.")
     self.trained_tokens += n
     dt, mem = time.perf_counter() - tic, memory()
-    real, padded = sum(b.n_real for b in group), sum(b.n_padded for b in group)
+    real, padded = sum(b.n_real for b in done), sum(b.n_padded for b in done)  # the padding computed: the parts'
     return dict(train_loss=loss, learning_rate=self.optimizer.learning_rate.item(), grad_norm=norm.item(), n_tokens=n,
                 tokens_per_sec=n / dt, trained_tokens=self.trained_tokens, step_time=dt, n_real=real, n_padded=padded,
                 active_memory=mem.active / GB, peak_memory=mem.peak / GB, **{f"train_{k}": v.item() for k, v in extra.items()})
