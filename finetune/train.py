@@ -143,7 +143,7 @@ STREAMS_ENV = "FINETUNE_CPU_STREAMS"
 SPLIT_MIN_POSITIONS = 256  # smaller batches stay whole
 SPLIT_MIN_POSITIONS_QUANTIZED = 2048  # on a quantized base (each part dequantizes every weight again)
 AUTO_STREAMS = 8  # the most parts by default (measured on 2 cores; more cores may gain from more, through FINETUNE_CPU_STREAMS)
-_streams = []  # CPU streams, made once per process (each has its own thread)
+_streams = threading.local()  # CPU streams by thread: MLX lets a thread use only the streams it made
 
 def cpu_cores() -> int:
     "The cores this process may run on."
@@ -164,9 +164,10 @@ def split_min_positions(model) -> int:
     return SPLIT_MIN_POSITIONS_QUANTIZED if quantized else SPLIT_MIN_POSITIONS
 
 def stream_pool(n:int) -> list:
-    "`n` CPU streams, the same ones every call."
-    while len(_streams) < n: _streams.append(mx.new_stream(mx.cpu))
-    return _streams[:n]
+    "`n` CPU streams of the calling thread, the same ones every call from it (a notebook's Train button trains in a thread of its own)."
+    pool = _streams.__dict__.setdefault("pool", [])
+    while len(pool) < n: pool.append(mx.new_stream(mx.cpu))
+    return pool[:n]
 
 def micro_parts(micro, parts:list, acc=None, prepare=None):
     "`micro`'s sums (`make_step`) over the batches `parts`, added to `acc`: more than one, each on a CPU stream of its own, at once."

@@ -66,3 +66,31 @@ def test_resume_in_parts_matches(env):
     resumed = run(env, 2, "cut", resume=True, lora_dropout=0.1)
     assert rows(resumed, "step")[-3:] == [4, 5, 6]
     for a, b in zip(rows(resumed, "train_loss")[-3:], rows(full, "train_loss")[3:]): assert abs(a - b) <= 1e-5 * abs(b), (a, b)
+
+
+THREADS = """
+import os, sys, threading
+from finetune.train import Trainer
+from finetune.callbacks import Progress
+def go(name, out):
+    try:
+        t = Trainer(dict(model=sys.argv[1], data=sys.argv[2], batch_size=4, iters=2, max_seq_length=512, output_dir=sys.argv[3], run_name=name,
+                         eval_every=100, save_every=100), callbacks=[Progress(enabled=False)])
+        t.fit(); out.append((name, t.parts, len(t.history["train"])))
+    except Exception as e: out.append((name, repr(e)))
+out = []
+go("main", out)
+for name in ("thread-1", "thread-2"):  # as a notebook's Train button does: each run in a new thread
+    th = threading.Thread(target=go, args=(name, out)); th.start(); th.join()
+print(out, flush=True)
+os._exit(0)  # (MLX used from other threads may abort at interpreter exit; not what this checks)
+"""
+
+
+def test_parts_in_new_threads(env):
+    "Runs in threads of their own, one after another, each split in parts: MLX streams belong to the thread that made them."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-c", THREADS, str(env["model"]), str(env["data"]), str(env["root"]/"thread-runs")],
+                       capture_output=True, text=True, env={**os.environ, STREAMS_ENV: "2"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == str([("main", 2, 2), ("thread-1", 2, 2), ("thread-2", 2, 2)]), r.stdout + r.stderr[-3000:]
