@@ -398,14 +398,12 @@ def _one_step(self:Trainer, group) -> dict:
     "One optimizer step over a group of micro-batches; its metrics."
     tic = time.perf_counter()
     mx.random.seed(_step_seed(self.config.seed, self.step))
-    acc, done = None, []
-    split = lambda b: split_batch(self.train_data, b, self.config.max_seq_length, self.parts) if b.n_padded >= self.split_min else [b]  # noqa: E731
-    parts = [split(b) for b in group] if self.parts > 1 else [[b] for b in group]
+    acc = None
+    parts = [split_batch(self.train_data, b, self.config.max_seq_length, self.parts if b.n_padded >= self.split_min else 1) for b in group]
     with blas_share(max(map(len, parts))):
         for ps in parts:
             acc = micro_parts(self._micro, ps, acc, lambda b: self.objective.prepare(self.model, b, self.train_data))
             if len(group) > 1: mx.eval(acc)
-            done += ps
         loss, _, n, norm, extra = self._update(*acc)
         mx.eval(self._state, loss, n, norm, extra)
     self.step, self.batch = self.step + 1, self.batch + len(group)
@@ -416,7 +414,7 @@ def _one_step(self:Trainer, group) -> dict:
                             hint="Lower learning_rate (or set max_grad_norm), then resume from the last checkpoint.")
     self.trained_tokens += n
     dt, mem = time.perf_counter() - tic, memory()
-    real, padded = sum(b.n_real for b in done), sum(b.n_padded for b in done)  # the padding computed: the parts'
+    real, padded = sum(b.n_real for ps in parts for b in ps), sum(b.n_padded for ps in parts for b in ps)  # the padding computed: the parts'
     return dict(train_loss=loss, learning_rate=self.optimizer.learning_rate.item(), grad_norm=norm.item(), n_tokens=n,
                 tokens_per_sec=n / dt, trained_tokens=self.trained_tokens, step_time=dt, n_real=real, n_padded=padded,
                 active_memory=mem.active / GB, peak_memory=mem.peak / GB, **{f"train_{k}": v.item() for k, v in extra.items()})
