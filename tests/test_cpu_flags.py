@@ -1,5 +1,6 @@
 "MLX's fused CPU kernels compiled with finetune's flags (finetune.JIT_FLAGS) give the same numbers, bit for bit, as MLX's own generic build."
 import os, shutil, subprocess, sys
+from pathlib import Path
 import numpy as np
 import pytest
 import finetune
@@ -31,7 +32,7 @@ np.savez(sys.argv[1], **{f"{n}{i}": np.array(a) for n, o in outs.items() for i, 
 
 def kernels(tmp_path, name, flags):
     "The kernels' outputs and gradients from a fresh process whose g++ adds `flags` to MLX's kernels (None: MLX's own command)."
-    real = shutil.which("g++", path=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if "finetune" not in p))
+    real = shutil.which("g++", path=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p and Path(p).parent != finetune._jit_dir()))
     wrap = tmp_path/f"{name}-bin"; wrap.mkdir()
     (wrap/"g++").write_text(finetune.jit_wrapper(real, flags) if flags is not None else f"#!/bin/sh\nexec '{real}' \"$@\"\n")
     (wrap/"g++").chmod(0o755)
