@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .batching import batch_loss, iterate_batches, make_batch
+from .batching import make_batch
 from .config import TrainConfig
 from .data import detect_format, load_rows, normalize, resolve_template
 from .errors import DataError
@@ -33,16 +33,9 @@ def dataset_loss(model, ds,                 # A model; a `TokenizedDataset`
                  num_batches:int=-1,        # Only the first this many batches (-1: all)
                 ) -> dict:
     "Mean loss per trained token over `ds`, its perplexity, and the number of trained tokens."
-    training = model.training
-    model.eval()
-    tot, n = 0.0, 0
-    try:
-        for i, b in enumerate(iterate_batches(ds, batch_size, max_seq_length, shuffle=False)):
-            if 0 <= num_batches <= i: break
-            l, k = batch_loss(model, b)
-            mx.eval(l, k)
-            tot, n = tot + l.item() * k.item(), n + int(k.item())
-    finally: model.train(training)
+    from finetune.train import loss_sums
+    tot, n, _ = loss_sums(model, ds, batch_size, max_seq_length, num_batches=num_batches)
+    tot, n = tot.item(), int(n.item())
     if n == 0: raise DataError("No trained tokens to evaluate the loss on.", hint="Check the dataset: every example was empty or fully masked.")
     return dict(loss=tot / n, perplexity=math.exp(min(tot / n, 700)), tokens=n)
 

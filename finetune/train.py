@@ -28,7 +28,8 @@ from . import blas_threads
 # %% auto #0
 __all__ = ['STREAMS_ENV', 'SPLIT_MIN_POSITIONS', 'SPLIT_MIN_POSITIONS_QUANTIZED', 'AUTO_STREAMS', 'lr_schedule', 'make_optimizer',
            'checkpoint_layers', 'global_norm', 'make_step', 'cpu_cores', 'cpu_streams', 'split_min_positions',
-           'stream_pool', 'micro_parts', 'blas_share', 'validation_metrics', 'validation_loss', 'Trainer', 'train']
+           'stream_pool', 'micro_parts', 'blas_share', 'make_eval', 'loss_sums', 'validation_metrics',
+           'validation_loss', 'Trainer', 'train']
 
 # %% ../nbs/05_train.ipynb #fe753c23
 import mlx.core as mx
@@ -188,23 +189,49 @@ def blas_share(parts:int):
     finally: blas_threads(old)
 
 # %% ../nbs/05_train.ipynb #4fbe048f
-def validation_metrics(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, num_batches:int=-1,
-                       rank:int=0, world_size:int=1, objective:Objective|None=None) -> dict:
-    "`val_loss`, the objective's mean loss over (the first `num_batches` batches of) `ds`, and its metrics as `val_*`; `batch_size` is per process."
+def make_eval(model, loss=batch_loss):
+    "Compiled `sums(batch, acc=None) -> acc`: loss x weight, weight and metric sums of `loss(model, batch)`, forward only, added to `acc`."
+    tmpl = {}
+    @partial(mx.compile, inputs=[model.state])
+    def _sums(arrays):
+        l, w, *m = loss(model, _rebuild(tmpl["batch"], dict(zip(tmpl["names"], arrays))))
+        w = mx.array(w).astype(mx.float32)
+        return l * w, w, {k: v.astype(mx.float32) for k, v in (m[0] if m else {}).items()}
+    def sums(batch, acc=None):
+        f = {k: v for k, v in _fields(batch).items() if isinstance(v, mx.array)}
+        tmpl.update(batch=batch, names=list(f))
+        out = _sums(list(f.values()))
+        return out if acc is None else tree_map(mx.add, out, acc)
+    return sums
+
+def loss_sums(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, num_batches:int=-1, rank:int=0,
+              world_size:int=1, objective:Objective|None=None, sums=None, parts:int|None=None) -> tuple:
+    "The objective's loss x weight, weight and metric sums over (the first `num_batches` batches of) `ds`, dropout off, added across processes; `sums`: a `make_eval` to reuse; `parts`: default `cpu_streams()`."
     objective = objective or SFT()
+    sums = sums or make_eval(model, objective.loss)
+    parts, split_min = cpu_streams() if parts is None else parts, split_min_positions(model)
     training = model.training
     model.eval()
-    tot, w, sums = mx.array(0.0), mx.array(0.0), {}
+    acc = (mx.array(0.0), mx.array(0.0), {})
     its = iterate_batches(ds, batch_size, max_seq_length, pack=pack, shuffle=False, rank=rank, world_size=world_size)
-    for i, b in enumerate(its):
-        if 0 <= num_batches <= i: break
-        l, k, m = objective.loss(model, objective.prepare(model, b, ds))
-        tot, w, sums = tot + l * k, w + k, {key: sums.get(key, 0) + v for key, v in m.items()}
-        mx.eval(tot, w, sums)
-    if world_size > 1: tot, w, sums = tree_map(mx.distributed.all_sum, (tot, w, sums))
-    model.train(training)
+    try:
+        for i, b in enumerate(its):
+            if 0 <= num_batches <= i: break
+            ps = split_batch(ds, b, max_seq_length, parts if b.n_padded >= split_min else 1)
+            with blas_share(len(ps)):
+                l, k, m = micro_parts(sums, ps, prepare=lambda p: objective.prepare(model, p, ds))
+                acc = (acc[0] + l, acc[1] + k, {key: acc[2].get(key, 0) + v for key, v in m.items()})
+                mx.eval(acc)
+    finally: model.train(training)
+    if world_size > 1: acc = tree_map(mx.distributed.all_sum, acc)
+    return acc
+
+def validation_metrics(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, num_batches:int=-1,
+                       rank:int=0, world_size:int=1, objective:Objective|None=None, sums=None) -> dict:
+    "`val_loss`, the objective's mean loss over (the first `num_batches` batches of) `ds`, and its metrics as `val_*`; `batch_size` is per process; `sums`: a `make_eval` to reuse."
+    tot, w, ms = loss_sums(model, ds, batch_size, max_seq_length, pack, num_batches, rank, world_size, objective, sums)
     w = mx.maximum(w, 1)
-    return {"val_loss": (tot / w).item(), **{f"val_{k}": (v / w).item() for k, v in sums.items()}}
+    return {"val_loss": (tot / w).item(), **{f"val_{k}": (v / w).item() for k, v in ms.items()}}
 
 def validation_loss(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, num_batches:int=-1,
                     rank:int=0, world_size:int=1) -> float:
@@ -317,6 +344,7 @@ def _setup(self:Trainer, resume=None):
     m.train()
     self._state = [m.state, self.optimizer.state, mx.random.state]
     self._micro, self._update = make_step(m, self.optimizer, self.objective.loss, c.max_grad_norm, self.world_size > 1)
+    self._eval = make_eval(m, self.objective.loss)  # the run's validations share its traces
     self.parts, self.split_min = cpu_streams(), split_min_positions(m)
 
 @patch
@@ -436,7 +464,7 @@ def validate(self:Trainer) -> float|None:
     if self.valid_data is None: return None
     c, tic = self.config, time.perf_counter()
     v = validation_metrics(self.model, self.valid_data, c.batch_size, c.max_seq_length, c.pack, c.eval_batches, self.rank,
-                           self.world_size, self.objective)
+                           self.world_size, self.objective, getattr(self, "_eval", None))
     self._last_eval = self.step
     self("after_eval", **v, val_time=time.perf_counter() - tic)
     return v["val_loss"]
