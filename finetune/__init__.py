@@ -35,13 +35,23 @@ def candidates() -> list[tuple[str, str]]:
     return list(dict.fromkeys(out))
 
 # %% ../nbs/02a_blas.ipynb #938c7dd7
+def _warn_too_late():
+    "Warn, once, that MLX computes on the CPU with its reference BLAS when an optimized one was there to load."
+    import warnings, mlx.core as mx
+    if not candidates() or mx.default_device().type != mx.cpu: return  # turned off, nothing better, or a GPU multiplies
+    warnings.warn("mlx.core was imported before finetune, so MLX multiplies matrices on the CPU with its bundled reference "
+                  "BLAS, 20-50x slower than the optimized one finetune loads. Import finetune first (in a notebook: restart "
+                  f"the kernel and put `import finetune` above `import mlx.core`), or set {BLAS_ENV}=off to keep MLX's own.",
+                  RuntimeWarning, stacklevel=3)
+
 def load_blas() -> dict:
     "Load the first working optimized BLAS globally; record what happened in `blas_state`."
     if blas_state["status"] != "not attempted": return blas_state
     if not sys.platform.startswith("linux"):
         blas_state.update(status="not needed", name="platform BLAS (Accelerate on macOS)"); return blas_state
     if "mlx.core" in sys.modules:
-        blas_state.update(status="too late", name="MLX's bundled reference BLAS (mlx.core was imported before finetune)"); return blas_state
+        blas_state.update(status="too late", name="MLX's bundled reference BLAS (mlx.core was imported before finetune)")
+        _warn_too_late(); return blas_state
     cands = candidates()
     if not cands and os.environ.get(BLAS_ENV):
         blas_state.update(status="off", name=f"MLX's bundled reference BLAS ({BLAS_ENV}={os.environ[BLAS_ENV]})"); return blas_state

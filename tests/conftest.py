@@ -5,13 +5,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import finetune  # noqa: E402,F401  (its BLAS loaded before any test module imports mlx.core)
 
 @pytest.fixture(autouse=True)
 def seeded():
     "Every test starts from the same random state (MLX, NumPy, random): none depends on what ran before it."
     import random
     import numpy as np
-    import finetune  # noqa: F401  (loads the BLAS before mlx)
     import mlx.core as mx
     random.seed(0); np.random.seed(0); mx.random.seed(0)
 
