@@ -42,12 +42,16 @@ def test_concurrent_greedy_equals_alone(tiny, engine):
 def test_request_joining_midway_gets_same_answer(tiny, engine):
     eng = engine()
     eng.trace = []
-    first = eng.generate("Count to ten", max_tokens=40)
-    chunks = iter(first)
-    got = [next(chunks) for _ in range(5)]  # the first request is decoding
-    late = eng.generate("What is 2 plus 3?", max_tokens=20)
-    rest = list(chunks)
-    assert "".join(c.text for c in got + rest) == alone(tiny, "Count to ten", max_tokens=40)
+    chunks, later, done = [], [], threading.Event()
+    def emit(c):  # on the engine's thread: the second request is queued when the first has 5 tokens, so it joins mid-way
+        if c is None: done.set(); return
+        chunks.append(c)
+        if len(chunks) == 5: later.append(eng.generate("What is 2 plus 3?", max_tokens=20))
+    first = eng.generate("Count to ten", max_tokens=40, emit=emit)
+    assert done.wait(300)
+    assert not [c for c in chunks if isinstance(c, BaseException)], chunks
+    assert "".join(c.text for c in chunks) == alone(tiny, "Count to ten", max_tokens=40)
+    late = later[0]
     assert late.result()[0] == alone(tiny, "What is 2 plus 3?", max_tokens=20)
     both = [s for s in eng.trace if first.id in s["decoded"] and late.id in s["decoded"]]
     assert len(both) >= 10  # they were decoded in the same steps
