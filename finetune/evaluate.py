@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from .batching import make_batch
+from .train import loss_sums
 from .config import TrainConfig
 from .data import detect_format, load_rows, normalize, resolve_template
 from .errors import DataError
@@ -33,7 +34,6 @@ def dataset_loss(model, ds,                 # A model; a `TokenizedDataset`
                  num_batches:int=-1,        # Only the first this many batches (-1: all)
                 ) -> dict:
     "Mean loss per trained token over `ds`, its perplexity, and the number of trained tokens."
-    from finetune.train import loss_sums
     tot, n, _ = loss_sums(model, ds, batch_size, max_seq_length, num_batches=num_batches)
     tot, n = tot.item(), int(n.item())
     if n == 0: raise DataError("No trained tokens to evaluate the loss on.", hint="Check the dataset: every example was empty or fully masked.")

@@ -106,15 +106,23 @@ def global_norm(tree) -> mx.array:
     return mx.sqrt(tree_reduce(lambda acc, g: acc + (g.astype(mx.float32) ** 2).sum(), tree, mx.array(0.0)))
 
 # %% ../nbs/05_train.ipynb #b5763286
+def _arrays(batch, tmpl:dict) -> list:
+    "The batch's array fields, to pass a compiled function; `tmpl` keeps the batch and their names to rebuild it inside."
+    f = {k: v for k, v in _fields(batch).items() if isinstance(v, mx.array)}
+    tmpl.update(batch=batch, names=list(f))
+    return list(f.values())
+
+def _summed(loss, tmpl:dict, model, arrays) -> tuple:
+    "Loss x weight, the weight and metric sums of `loss(model, batch)` (an `Objective.loss`, or `batch_loss`), the batch rebuilt from `arrays`."
+    l, w, *sums = loss(model, _rebuild(tmpl["batch"], dict(zip(tmpl["names"], arrays))))
+    w = mx.stop_gradient(mx.array(w)).astype(mx.float32)
+    return l * w, w, {k: mx.stop_gradient(v).astype(mx.float32) for k, v in (sums[0] if sums else {}).items()}
+
 def make_step(model, optimizer, loss=batch_loss, max_grad_norm:float|None=None, distributed:bool=False):
     "Compiled `micro(batch, acc) -> acc` and `update(*acc) -> (loss, weight, tokens, grad_norm, metrics)` for `loss(model, batch)`."
     state = [model.state, optimizer.state, mx.random.state]
     tmpl = {}
-    def summed(model, arrays):  # loss x weight, the weight and metric sums (from an `Objective.loss`, or `batch_loss`)
-        l, w, *sums = loss(model, _rebuild(tmpl["batch"], dict(zip(tmpl["names"], arrays))))
-        w = mx.stop_gradient(mx.array(w)).astype(mx.float32)
-        return l * w, w, {k: mx.stop_gradient(v).astype(mx.float32) for k, v in (sums[0] if sums else {}).items()}
-    grad_fn = nn.value_and_grad(model, summed)
+    grad_fn = nn.value_and_grad(model, partial(_summed, loss, tmpl))
     split_head(model)  # checked here, outside compilation
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -125,9 +133,7 @@ def make_step(model, optimizer, loss=batch_loss, max_grad_norm:float|None=None, 
 
     def micro(batch, acc=None):
         "Loss sum, weight, token count, gradient and metric sums of one micro-batch, added to `acc`."
-        f = {k: v for k, v in _fields(batch).items() if isinstance(v, mx.array)}
-        tmpl.update(batch=batch, names=list(f))
-        return _micro(list(f.values()), acc)
+        return _micro(_arrays(batch, tmpl), acc)
 
     @partial(mx.compile, inputs=state, outputs=state)
     def update(l, w, n, g, m):
@@ -192,15 +198,9 @@ def blas_share(parts:int):
 def make_eval(model, loss=batch_loss):
     "Compiled `sums(batch, acc=None) -> acc`: loss x weight, weight and metric sums of `loss(model, batch)`, forward only, added to `acc`."
     tmpl = {}
-    @partial(mx.compile, inputs=[model.state])
-    def _sums(arrays):
-        l, w, *m = loss(model, _rebuild(tmpl["batch"], dict(zip(tmpl["names"], arrays))))
-        w = mx.array(w).astype(mx.float32)
-        return l * w, w, {k: v.astype(mx.float32) for k, v in (m[0] if m else {}).items()}
+    _sums = mx.compile(partial(_summed, loss, tmpl, model), inputs=[model.state])
     def sums(batch, acc=None):
-        f = {k: v for k, v in _fields(batch).items() if isinstance(v, mx.array)}
-        tmpl.update(batch=batch, names=list(f))
-        out = _sums(list(f.values()))
+        out = _sums(_arrays(batch, tmpl))
         return out if acc is None else tree_map(mx.add, out, acc)
     return sums
 
@@ -212,17 +212,17 @@ def loss_sums(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, nu
     parts, split_min = cpu_streams() if parts is None else parts, split_min_positions(model)
     training = model.training
     model.eval()
-    acc = (mx.array(0.0), mx.array(0.0), {})
+    acc = None
     its = iterate_batches(ds, batch_size, max_seq_length, pack=pack, shuffle=False, rank=rank, world_size=world_size)
     try:
         for i, b in enumerate(its):
             if 0 <= num_batches <= i: break
             ps = split_batch(ds, b, max_seq_length, parts if b.n_padded >= split_min else 1)
             with blas_share(len(ps)):
-                l, k, m = micro_parts(sums, ps, prepare=lambda p: objective.prepare(model, p, ds))
-                acc = (acc[0] + l, acc[1] + k, {key: acc[2].get(key, 0) + v for key, v in m.items()})
+                acc = micro_parts(sums, ps, acc, prepare=lambda p: objective.prepare(model, p, ds))
                 mx.eval(acc)
     finally: model.train(training)
+    if acc is None: acc = (mx.array(0.0), mx.array(0.0), {})  # no batches
     if world_size > 1: acc = tree_map(mx.distributed.all_sum, acc)
     return acc
 
