@@ -21,14 +21,15 @@ __all__ = ['QUICK', 'REAL', 'WORKLOADS', 'LORA_KEYS', 'SYSTEMS', 'TARGETS', 'ORD
            'lexicon', 'chat_rows', 'project_sentences', 'text_rows', 'build_bench', 'finetune_config', 'mlx_lm_config',
            'system_config', 'fix_length_sort', 'fixed_loss', 'ordered_batches', 'worker', 'run_worker', 'batch_orders',
            'score_adapters', 'summarize', 'model_dims', 'train_flops_per_token', 'profile_step', 'paired_steps',
-           'run_benchmark', 'report', 'markdown', 'chart', 'main']
+           'matmul_peak', 'saved_dtype', 'run_benchmark', 'report', 'markdown', 'chart', 'main']
 
 # %% ../nbs/15_bench.ipynb #0153ea5b
 @dataclass
 class BenchSpec:
     "Sizes and settings of one benchmark workload; every system gets the same ones."
     n_layers:int=8; hidden_size:int=512; n_heads:int=8; n_kv_heads:int=4; intermediate_size:int=1408; vocab_size:int=8192
-    real_model:str|None=None   # a real model (`smollm2-135m`) instead of the llama-shaped one made in code; its data is then English text
+    real_model:str|None=None   # a real model (`smollm2-135m`, a folder) instead of the llama-shaped one made in code; its data is then English text
+    weights:str|None=None      # what the real model's weights are when not its trained ones ("random weights in SmolLM2-135M's shapes"): the results say it
     n_train:int=2000           # training rows
     n_valid:int=64             # validation rows (scored in full by one evaluator)
     median_words:int=60        # made-up data: median words in a user message; lengths are log-normal around it
@@ -129,6 +130,8 @@ def _spec_key(spec:BenchSpec) -> str:
     f = dataclasses.asdict(spec)
     if spec.real_model:  # the sentences come from the installed finetune: a new version may bring other data
         import hashlib
+        if Path(spec.real_model).name != spec.real_model:  # a folder: its name and a digest of its path (a key is one folder name)
+            f["real_model"] = f"{Path(spec.real_model).name}-{hashlib.sha1(str(Path(spec.real_model).resolve()).encode()).hexdigest()[:6]}"
         keep, f["text"] = ["real_model", "n_train", "n_valid", "median_notes", "max_notes", "seed", "text"], hashlib.sha1("\n".join(project_sentences()).encode()).hexdigest()[:8]
     else: keep = ["n_layers", "hidden_size", "n_heads", "n_kv_heads", "intermediate_size", "vocab_size", "n_train", "n_valid", "median_words", "max_words", "seed"]
     return "-".join(str(f[k]) for k in keep)
@@ -277,6 +280,7 @@ def worker(argv=None):
         if fixed: fix_length_sort()
         order = cfg.pop("batch_order", None)  # mlx_lm_same: finetune's batches, in finetune's order
         _run_mlx_lm(cfg, out, t0, cfg_path, loss=fixed_loss if fixed else None, order=order)
+        out["dtype"] = saved_dtype(cfg["model"])  # mlx-lm computes in the dtype the weights are saved in
     elif system == "score": out["scores"] = score_adapters(**cfg)
     elif system == "order": out["orders"] = batch_orders(**cfg)
     elif system == "profile": out["profile"] = profile_step(**cfg)
@@ -502,13 +506,28 @@ def paired_steps(config:dict, steps:int=6, bits:int=4) -> dict:
     return dict(lora_s=times["lora"], qlora_s=times["qlora"], ratios=ratios, ratio=statistics.median(ratios))
 
 # %% ../nbs/15_bench.ipynb #b4e048ff
-def _machine(peak:float, peak_stock:float|None) -> dict:
+def matmul_peak(dtype=mx.float32) -> float:
+    "The best matrix-multiply GFLOP/s seen on the default device in `dtype`, at sizes that reach its peak (a GPU needs far larger ones than a CPU)."
+    if mx.default_device() != mx.cpu: return max(matmul_gflops(4096, repeats=10, dtype=dtype), matmul_gflops(8192, repeats=5, dtype=dtype))
+    if dtype != mx.float32: return matmul_gflops(512, repeats=2, dtype=dtype)  # MLX's CPU matmul in 16 bits is slow: a small one says enough
+    return max(matmul_gflops(1024, repeats=20), matmul_gflops(2048, repeats=4))
+
+def saved_dtype(model_dir) -> str|None:
+    "The dtype a model folder's weights are saved in (its first safetensors file's first tensor), as MLX names it."
+    import struct
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files: return None
+    with open(files[0], "rb") as f: header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    names = dict(F32="float32", BF16="bfloat16", F16="float16")
+    return next((names.get(v["dtype"], v["dtype"].lower()) for k, v in header.items() if k != "__metadata__"), None)
+
+def _machine(peak:float, peak_stock:float|None, peak16:float|None=None) -> dict:
     import mlx_lm
     r = device_report(measure=False)
     return dict(cpu=r["device"], cores=os.cpu_count(), memory_gib=round(r["memory_total_gb"], 1), system=platform.platform(),
                 backend=r["backend"], mlx=r["mlx"], mlx_lm=mlx_lm.__version__, blas=r["blas"],
                 matmul_gflops=round(peak, 1), matmul_gflops_bundled_blas=round(peak_stock, 1) if peak_stock else None,
-                matmul_gflops_bf16=round(matmul_gflops(512, repeats=2, dtype=mx.bfloat16), 1))
+                matmul_gflops_bf16=round(peak16 or matmul_peak(mx.bfloat16), 1))
 
 def _data_stats(paths:dict, spec:BenchSpec) -> tuple[list[int], float]:
     "Token counts of the training rows (cut at max_seq_length) and the share of predicted tokens the loss trains on."
@@ -543,7 +562,8 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
     paths = build_bench(workdir or out/"work", spec)
     runs, dims = out/"runs", model_dims(spec, paths["model"])
     log(f"model: {spec.real_model or 'made in code'}, {llama_param_count(**dims) / 1e6:.1f}M parameters at {paths['model']}")
-    peak = max(matmul_gflops(1024, repeats=20), matmul_gflops(2048, repeats=4))
+    peak = matmul_peak()
+    peak16 = matmul_peak(mx.bfloat16) if mx.default_device() != mx.cpu else None  # a GPU computes in bfloat16: utilization against its peak there
     peak_stock = probe_blas(off=True, n=1024)["gflops"] if spec.stock_iters else None  # MLX's bundled BLAS, in a fresh process
     log(f"matrix-multiply peak: {peak:.1f} GFLOP/s" + (f" ({peak_stock:.1f} with MLX's bundled BLAS)" if peak_stock else ""))
     lengths, trained = _data_stats(paths, spec)
@@ -580,10 +600,10 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
     adapters = {f"{s}-{i}": ([base, 4, r["adapters"]] if s == "finetune_qlora" else r["adapters"]) for s in spec.systems for i, r in enumerate(results[s])}
     scfg = dict(model=base, config=finetune_config(spec, paths, runs/"score"), adapters=adapters)
     scores = run_worker("score", scfg, runs, "score")["scores"]
-    peak = max(peak, matmul_gflops(1024, repeats=20), matmul_gflops(2048, repeats=4))  # again at the end: the best seen (a busy machine lowers it)
+    peak = max(peak, matmul_peak())  # again at the end: the best seen (a busy machine lowers it)
     for s in spec.systems:
         for i, r in enumerate(results[s]): r["summary"]["val_loss"] = scores[f"{s}-{i}"]
-    res = report(spec, results, extra, gc, peak, peak_stock, lengths, dims=dims, trained=trained, profile=profile, pair=pair)
+    res = report(spec, results, extra, gc, peak, peak_stock, lengths, dims=dims, trained=trained, profile=profile, pair=pair, peak16=peak16)
     (out/"results.json").write_text(json.dumps(res, indent=2))
     (out/"results.md").write_text(markdown(res))
     chart(res, out/"results.png")
@@ -640,15 +660,17 @@ def _targets(r:dict, systems:dict, real:bool) -> dict:
     return {k: bool(x) for k, x in t.items() if x is not None}
 
 def report(spec:BenchSpec, results:dict, extra:dict, gc:dict, peak:float, peak_stock:float|None, lengths, dims:dict|None=None,
-           trained:float=1.0, profile:dict|None=None, pair:dict|None=None) -> dict:
-    "The benchmark's results: per-system medians, ratios and whether each target holds."
+           trained:float=1.0, profile:dict|None=None, pair:dict|None=None, peak16:float|None=None) -> dict:
+    "The benchmark's results: per-system medians, ratios and whether each target holds (`peak16`: the bfloat16 matmul peak, for runs computing in 16 bits; else all against `peak`)."
     dims = dims or model_dims(spec)
     fpt = float(train_flops_per_token(dims, lengths, trained=trained))
     fpt16 = train_flops_per_token(dims, np.minimum(lengths, spec.bf16_max_seq_length or spec.max_seq_length), trained=trained)
     systems = {}
     for s, rows in {**results, **{k: [r] for k, r in extra.items()}}.items():
         systems[s] = {k: _median(rows, k) for k in KEYS}
-        systems[s]["utilization"] = float(systems[s]["useful_tokens_per_sec"] * (fpt16 if s.endswith("_bf16") else fpt) / (peak * 1e9))
+        pk = peak16 if peak16 and rows[0].get("dtype") in ("bfloat16", "float16") else peak
+        systems[s]["utilization"] = float(systems[s]["useful_tokens_per_sec"] * (fpt16 if s.endswith("_bf16") else fpt) / (pk * 1e9))
+        systems[s]["utilization_of"] = "bfloat16" if pk is peak16 else "float32"
         systems[s]["reps"] = [r["summary"] for r in rows]
         systems[s]["loss_curve"] = [[st["t"], st["loss"]] for st in rows[0]["steps"]]
         if rows[0].get("dtype"): systems[s]["dtype"] = rows[0]["dtype"]
@@ -657,7 +679,7 @@ def report(spec:BenchSpec, results:dict, extra:dict, gc:dict, peak:float, peak_s
     L = np.asarray(lengths)
     data = dict(rows=len(L), length_percentiles={str(p): int(np.percentile(L, p)) for p in (0, 10, 50, 90, 100)}, mean_length=float(L.mean()),
                 trained_share=trained)
-    return dict(spec=dataclasses.asdict(spec), params=llama_param_count(**dims), dims=dims, machine=_machine(peak, peak_stock), data=data,
+    return dict(spec=dataclasses.asdict(spec), params=llama_param_count(**dims), dims=dims, machine=_machine(peak, peak_stock, peak16), data=data,
                 flops_per_token=fpt, systems=systems, grad_checkpoint=gc, ratios=ratios, targets=_targets(ratios, systems, bool(spec.real_model)),
                 profile=profile, qlora_pair=pair, draws=[r.get("draws") for r in results.get("finetune_plot", [])])
 
@@ -691,7 +713,7 @@ def markdown(res:dict) -> str:
     m, s, r, d = res["machine"], res["spec"], res["ratios"], res["dims"]
     fmt = lambda v, f: "–" if v is None else format(v, f)
     ok = lambda k: "met" if res["targets"].get(k) else "**not met**"
-    what = f"{s['real_model']} (real weights)" if s.get("real_model") else "llama-shaped, random weights"
+    what = f"{Path(s['real_model']).name} ({s.get('weights') or 'real weights'})" if s.get("real_model") else "llama-shaped, random weights"
     nl = d["n_layers"] if s["lora_layers"] == -1 else s["lora_layers"]
     lines = [f"Model: {what}, {res['params'] / 1e6:.1f}M parameters ({d['n_layers']} layers, width {d['hidden_size']}, vocabulary "
              f"{d['vocab_size']}); LoRA rank {s['lora_rank']} on {nl} layers, all 7 projections; batch {s['batch_size']}, {s['iters']} steps, "
@@ -709,9 +731,10 @@ def markdown(res:dict) -> str:
         lines.append(f"| {SYSTEMS[k]} | {v['useful_tokens_per_sec']:.0f} | {v['padding_waste']:.1%} | {v['peak_memory_gb']:.2f} | {fmt(v.get('longest_batch'), '.0f')} | "
                      f"{v['first_step_s']:.1f} | {fmt(v.get('val_loss'), '.3f')} | {v['utilization']:.1%} |")
     lines += ["", f"- finetune / mlx_lm.lora with its length sort and loss mask fixed, useful tokens/s: **{fmt(r['speedup_vs_fixed'], '.2f')}x** "
-              f"(target {TARGETS['speedup']}x: {ok('speedup')}); against mlx_lm.lora as installed: **{fmt(r['speedup'], '.2f')}x**"
+              f"(target {TARGETS['speedup']}x: {ok('speedup')})"
+              + (f"; against mlx_lm.lora as installed: **{r['speedup']:.2f}x**" if r.get("speedup") else "")
               + (f"; against it on MLX's bundled BLAS: **{r['speedup_vs_stock']:.1f}x**" if r.get("speedup_vs_stock") else "")
-              + f"; the fix alone makes mlx_lm.lora {fmt(r['fix_gain'], '.2f')}x faster"
+              + (f"; the fix alone makes mlx_lm.lora {r['fix_gain']:.2f}x faster" if r.get("fix_gain") else "")
               + (f"; against the fixed one seed by seed: {', '.join(f'{x:.2f}x' for x in r['speedup_vs_fixed_by_seed'])}"
                  if len(r.get("speedup_vs_fixed_by_seed") or []) > 1 else ""),
               f"- peak memory, finetune / fixed mlx_lm.lora: {fmt(r['peak_memory_vs_fixed'], '.2f')} (target at most 1: {ok('peak_memory')}); "
@@ -724,7 +747,7 @@ def markdown(res:dict) -> str:
                      f"{', '.join(f'{x:.3f}' for x in r['val_loss_vs_same_by_seed'])}; useful tokens/s seed by seed: "
                      f"{', '.join(f'{x:.2f}x' for x in r['speedup_vs_same_by_seed'])}")
     if "utilization" in res["targets"]:
-        lines.append(f"- utilization of the float32 matmul peak: {res['systems']['finetune']['utilization']:.1%} (target "
+        lines.append(f"- utilization of the {res['systems']['finetune'].get('utilization_of', 'float32')} matmul peak: {res['systems']['finetune']['utilization']:.1%} (target "
                      f"{TARGETS['utilization']:.0%}: {ok('utilization')})")
     if r.get("qlora_step"):
         pr = res.get("qlora_pair")
