@@ -6,18 +6,19 @@ Docs: https://finetune-dev.github.io/finetune/batching.html.md"""
 
 # %% ../nbs/04a_batching.ipynb #38f6a21c
 from __future__ import annotations
-import bisect
+import bisect, os
 from dataclasses import dataclass
 from typing import Iterator
 import numpy as np
 from .data import TokenizedDataset
 from .kernels import fast_cross_entropy
+from .errors import ConfigError
 import mlx.core as mx
 
 # %% auto #0
-__all__ = ['ATTENTION_LENGTH', 'pack_rows', 'plan_batches', 'num_batches', 'Batch', 'make_batch', 'iterate_batches',
-           'row_lengths', 'split_rows', 'split_batch', 'padding_stats', 'PackedMask', 'split_head', 'token_losses',
-           'loss_fn', 'batch_loss']
+__all__ = ['PAD_ENV', 'GPU_PAD_MULTIPLES', 'ATTENTION_LENGTH', 'pack_rows', 'plan_batches', 'num_batches', 'Batch',
+           'pad_multiples', 'make_batch', 'iterate_batches', 'row_lengths', 'split_rows', 'split_batch',
+           'padding_stats', 'PackedMask', 'split_head', 'token_losses', 'loss_fn', 'batch_loss']
 
 # %% ../nbs/04a_batching.ipynb #7349076d
 def pack_rows(lengths, capacity:int) -> list[list[int]]:
@@ -81,8 +82,21 @@ class Batch:
     rows: tuple = ()                 # the rows it was made from (item indices each), in order
 
 # %% ../nbs/04a_batching.ipynb #945c4662
-def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=False, pad_id:int|None=None) -> Batch:
-    "Build a `Batch` from rows of item indices, padded to the longest row; for pairs, the chosen rows and then the rejected ones."
+PAD_ENV = "FINETUNE_PAD_MULTIPLE"
+GPU_PAD_MULTIPLES = (32, 256)  # a GPU step is short and tracing one for new shapes is not: shapes that repeat reuse the compiled step
+
+def pad_multiples() -> tuple[int, int]:
+    "What a batch's padded length and its count of trained positions are rounded up to: (1, 1) on the CPU, where every padded position costs compute; `GPU_PAD_MULTIPLES` on a GPU; `FINETUNE_PAD_MULTIPLE=L[,P]` sets them."
+    v = os.environ.get(PAD_ENV, "").strip()
+    if not v or v.lower() == "auto": return (1, 1) if mx.default_device() == mx.cpu else GPU_PAD_MULTIPLES
+    try: m = [int(x) for x in v.split(",")]
+    except ValueError: m = []
+    if len(m) not in (1, 2) or min(m) < 1:
+        raise ConfigError(f"{PAD_ENV}={v!r} is not one or two whole numbers.", hint=f"Set {PAD_ENV} to L or L,P (e.g. 32,256; 1: no rounding), or unset it.")
+    return (m[0], m[-1])
+
+def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=False, pad_id:int|None=None, multiples:tuple|None=None) -> Batch:
+    "Build a `Batch` from rows of item indices, padded to the longest row (rounded up to a multiple, `pad_multiples()` unless given); for pairs, the chosen rows and then the rejected ones."
     pad, S = ds.pad_id if pad_id is None else pad_id, ds.sides
     items, built = tuple(i for row in rows for i in row), []
     for side in range(S):
@@ -93,11 +107,14 @@ def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=Fal
                 ex = ds.sequence(i * S + side); t, m = ex.tokens[:max_seq_length], ex.mask[:max_seq_length]
                 inp += t[:-1]; tgt += t[1:]; w += m[1:]; seg += [s] * (len(t) - 1); sid += [k] * (len(t) - 1); k += 1
             built.append((inp, tgt, w, seg, sid))
-    B, L = len(built), max(max(len(b[0]) for b in built), 1)
+    mL, mP = multiples or pad_multiples()
+    B, L = len(built), -(-max(max(len(b[0]) for b in built), 1) // mL) * mL
     arr = lambda k, fill, dt: np.array([b[k] + [fill] * (L - len(b[k])) for b in built], dt)
     inputs, targets, weights, segs = arr(0, pad, np.int32), arr(1, pad, np.int32), arr(2, 0, np.float32), arr(3, 0, np.int32)
     n_real = int(sum(len(b[0]) for b in built))
     pos = np.flatnonzero(weights.reshape(-1)).astype(np.int32)
+    if S == 1 and mP > 1 and len(pos) % mP and (free := np.flatnonzero(weights.reshape(-1) == 0)).size:
+        pos = np.concatenate([pos, np.resize(free, mP - len(pos) % mP)]).astype(np.int32)  # untrained positions: weight 0, they add nothing
     sids = arr(4, 0, np.int32).reshape(-1)[pos] if S > 1 else None
     return Batch(mx.array(inputs), mx.array(targets), mx.array(weights), mx.array(segs) if pack else None,
                  int(weights.sum()), n_real, B * L, mx.array(pos) if len(pos) else None,
