@@ -199,6 +199,7 @@ class Progress(Callback):
                   (f", {pc['trainable']:,} of {pc['total']:,} parameters trainable ({pc['percent']:.2f}%)" if pc else "") +
                   (f", computing in {m['dtype']}" if m.get("dtype") else "") +
                   (f", each batch in up to {k} parts at once (CPU streams)" if (k := m.get("cpu_streams") or 1) > 1 else "") +
+                  (f", batches padded to multiples of {pm[0]} positions ({pm[1]} trained)" if (pm := m.get("pad_multiples")) and tuple(pm) != (1, 1) else "") +
                   (f", first the reference log-probabilities of {n:,} pairs" if (n := m.get("reference_pairs")) else "") +
                   f" -> {m.get('run_dir', '')}")
     def after_step(self, m):

@@ -67,9 +67,12 @@ def info(as_json:bool=typer.Option(False, "--json", help="Print the report as JS
     from finetune.device import device_report, format_report
     from finetune.models import dtype_policy
     from finetune.train import cpu_streams
-    r = device_report(measure=measure) | dict(dtype=dtype_policy(), cpu_streams=cpu_streams())
+    from finetune.batching import pad_multiples
+    r = device_report(measure=measure) | dict(dtype=dtype_policy(), cpu_streams=cpu_streams(), pad_multiples=pad_multiples())
     typer.echo(json.dumps(r, indent=2) if as_json else format_report(r) + f"\n{'dtype':<9} {r['dtype']}"
-               + f"\n{'streams':<9} {r['cpu_streams']} (parts of each training batch computed at once)")
+               + f"\n{'streams':<9} {r['cpu_streams']} (parts of each training batch computed at once)"
+               + f"\n{'padding':<9} " + ("to each batch's longest row" if r["pad_multiples"] == (1, 1) else
+                                          "to multiples of {} positions, trained positions of {} (shapes the compiled step has seen)".format(*r["pad_multiples"])))
 
 # %% ../nbs/12_cli.ipynb #e9af62f7
 @app.command("make-tiny")

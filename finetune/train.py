@@ -22,7 +22,7 @@ from .checkpoint import (disk_errors, find_checkpoint, list_checkpoints, load_ch
 from .models import attach_adapters, count_parameters, describe_dtype, load_model, save_adapters as write_adapters
 from .data import prepare_data
 from .kernels import fast_kernels
-from .batching import batch_loss, iterate_batches, num_batches, split_batch, split_head
+from .batching import batch_loss, iterate_batches, num_batches, pad_multiples, split_batch, split_head
 from . import blas_threads
 
 # %% auto #0
@@ -390,7 +390,8 @@ def fit(self:Trainer, resume=None) -> dict:
     if self.rank == 0:
         with disk_errors(self.files.config, "run config"): self.run_dir.mkdir(parents=True, exist_ok=True); self.config.to_yaml(self.files.config)
     self("before_fit", total_steps=self.total_steps, run_dir=str(self.run_dir), resumed_from=self.resumed_from, history=self.history_at_start,
-         params=count_parameters(self.model), dtype=describe_dtype(self.model), reference_pairs=self._reference_pass(), cpu_streams=self.parts)
+         params=count_parameters(self.model), dtype=describe_dtype(self.model), reference_pairs=self._reference_pass(), cpu_streams=self.parts,
+         pad_multiples=pad_multiples())
     with fast_kernels(self.model):  # on the CPU: faster SwiGLU and attention in every step compiled now
         tic = time.perf_counter()  # what the objective computes once, before the first step (DPO's reference log-probabilities)
         self.reference_time = round(time.perf_counter() - tic, 3) if self.objective.precompute(
