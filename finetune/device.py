@@ -6,7 +6,7 @@ Docs: https://finetune-dev.github.io/finetune/device.html.md"""
 
 # %% ../nbs/02_device.ipynb #88755f6d
 from __future__ import annotations
-import os, platform, subprocess, sys, time
+import os, platform, queue, subprocess, sys, threading, time, traceback
 from dataclasses import dataclass, asdict
 import psutil
 import finetune
@@ -14,7 +14,7 @@ import mlx.core as mx
 
 # %% auto #0
 __all__ = ['GB', 'matmul_gflops', 'probe_blas', 'backend', 'device_name', 'MemoryReading', 'memory', 'total_memory',
-           'set_memory_limit', 'set_cache_limit', 'device_report', 'format_report']
+           'set_memory_limit', 'set_cache_limit', 'device_report', 'format_report', 'ThreadRun', 'run_on_thread']
 
 # %% ../nbs/02_device.ipynb #2a6887d9
 def matmul_gflops(n:int=1024,  # Square matrix size
@@ -111,3 +111,48 @@ def format_report(r:dict) -> str:
         lines.append(("CPU", f"memory: {t['malloc']}; kernels: {t['jit']}"))
     if r.get("native"): lines.append(("quantized", f"generation kernel: {r['native']}"))
     return "\n".join(f"{k:<9} {v}" for k, v in lines)
+
+# %% ../nbs/02_device.ipynb #f20e8807
+class ThreadRun:
+    "`fn(*args, **kwargs)` to run on a finetune MLX thread: `start()` it, then `is_alive()` and `join(timeout)` as a thread's; then `result` or `error`."
+    def __init__(self, fn, *args, name:str="finetune-mlx", **kwargs):
+        self.call, self.name, self.thread, self.result, self.error, self._done = (fn, args, kwargs), name, None, None, None, threading.Event()
+    def start(self) -> ThreadRun:
+        "Run the call on a daemon thread that outlives it: one an earlier call left idle, else a new one."
+        if self.thread is not None: raise RuntimeError(f"{self!r} was started already.")
+        with _idle_lock: self.thread, inbox = _idle.pop() if _idle else (None, None)
+        if self.thread is None:
+            inbox = queue.SimpleQueue()
+            with _idle_lock: _made[0] += 1; n = _made[0]
+            self.thread = threading.Thread(target=_serve_calls, args=(inbox,), name=f"finetune-mlx-{n}", daemon=True)
+            self.thread.start()
+        inbox.put(self)
+        return self
+    def is_alive(self) -> bool: return self.thread is not None and not self._done.is_set()
+    def join(self, timeout:float|None=None) -> bool:
+        "Wait for the call to end (or `timeout` seconds); whether it has."
+        if self.thread is None: raise RuntimeError(f"{self!r}: start it before joining it.")
+        return self._done.wait(timeout)
+    def __repr__(self):
+        return f"ThreadRun({self.name!r}, " + ("not started)" if self.thread is None else f"{'running' if self.is_alive() else 'ended'}, on {self.thread.name})")
+
+_idle, _idle_lock, _made = [], threading.Lock(), [0]   # (thread, inbox) of finetune's MLX threads waiting for a call; how many were made
+
+def _serve_calls(inbox:queue.SimpleQueue):
+    "The body of a finetune MLX thread: run each call put in `inbox`, forever."
+    me = threading.current_thread()
+    while True:
+        run = inbox.get()
+        (fn, args, kwargs), run.call = run.call, None
+        try: run.result = fn(*args, **kwargs)
+        except BaseException as e:
+            run.error = e
+            print(f"Exception in {run.name} (on thread {me.name}):", file=sys.stderr); traceback.print_exc()
+        finally:
+            del fn, args, kwargs  # holds nothing of the call while idle (an engine's model, a run's data)
+            with _idle_lock: _idle.append((me, inbox))
+            run._done.set(); del run
+
+def run_on_thread(fn, *args, name:str="finetune-mlx", **kwargs) -> ThreadRun:
+    "Start `fn(*args, **kwargs)` on a daemon thread that outlives it (`ThreadRun.start`)."
+    return ThreadRun(fn, *args, name=name, **kwargs).start()

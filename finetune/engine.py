@@ -14,6 +14,7 @@ from fastcore.basics import patch
 import numpy as np
 import mlx.core as mx
 from .errors import DataError
+from .device import run_on_thread
 from .generate import Chunk, prompt_tokens
 from .kernels import fast_kernels
 from .native import native_decoder, native_state
@@ -127,8 +128,8 @@ class Engine:
         self.lock, self.todo, self.groups = lock or threading.RLock(), queue.SimpleQueue(), {}
         self.prompts = LRUPromptCache(max_size=prompt_cache) if prompt_cache else None
         self.steps, self.tokens, self.trace, self.stopped, self.closing, self.said = 0, 0, None, False, False, set()
-        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self.thread.start()
+        self._running = run_on_thread(self._loop, name=name)  # a thread that outlives the engine (see `finetune.device.run_on_thread`)
+        self.thread = self._running.thread
 
     @property
     def generating(self) -> int:
@@ -153,7 +154,7 @@ class Engine:
         "Stop the thread after what is queued (requests still running are ended), and wait for it to end."
         self.closing = True
         self.todo.put(("stop", None))
-        if threading.current_thread() is not self.thread: self.thread.join(timeout)
+        if threading.current_thread() is not self.thread: self._running.join(timeout)
 
 # %% ../nbs/12a_engine.ipynb #4fdcc5df
 def _token_ids(p) -> bool:

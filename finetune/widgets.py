@@ -16,6 +16,7 @@ from fastcore.basics import patch
 import ipywidgets as W
 from .config import GROUPS, TrainConfig, as_config, check_value, field_names, list_profiles, load_config, _base_types, _yval
 from .errors import ConfigError, FinetuneError, explain
+from .device import ThreadRun
 from .files import RunDir
 from .callbacks import Callback, Progress, read_metrics
 from .liveplot import LivePlot, Panel, history_chart, svg_chart
@@ -702,8 +703,8 @@ def _start(self:TrainPanel, c:TrainConfig, resume=None) -> bool:
     self.out.clear_output()
     self.plot.value = self.samples.value = self.progress.value = ""   # no stale chart under a new run or its error
     self.train_button.disabled, self.stop_button.disabled, self.resume_button.disabled, self.runs.disabled = True, False, True, True
-    self.thread = threading.Thread(target=self._run, args=(c, resume), name="finetune-train", daemon=True)
     self._say("starting: loading the model and data…" if resume is None else f"resuming {Path(resume).name}: loading the model and data…")
+    self.thread = ThreadRun(self._run, c, resume, name="finetune-train")  # on a thread kept for the next run (`finetune.device.run_on_thread`)
     self.thread.start()
     return True
 
