@@ -16,13 +16,14 @@ from .files import index_file, read_index
 from .config import TrainConfig
 
 # %% auto #0
-__all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'ROLES', 'SHAREGPT_ROLES', 'FALLBACKS', 'AUTO_FALLBACK', 'CACHE_VERSION',
-           'check_json', 'load_rows', 'resolve_dataset', 'resolve_sources', 'load_source', 'detect_format',
-           'map_columns', 'instruction_prompt', 'normalize', 'normalize_pair', 'render_fallback', 'has_chat_template',
-           'render_model', 'resolve_template', 'encode_text', 'eos_token', 'tokenize_example', 'Example',
-           'TokenizedDataset', 'Pair', 'PreferenceDataset', 'tokenize_rows', 'tokenize_pairs', 'data_fingerprint',
-           'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid',
-           'PreparedData', 'prepare_data', 'check_data_paths', 'load_mapped_rows', 'normalized_rows', 'split_rows']
+__all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'COLUMN_ALIASES', 'ROLES', 'SHAREGPT_ROLES', 'FALLBACKS', 'AUTO_FALLBACK',
+           'CACHE_VERSION', 'check_json', 'load_rows', 'resolve_dataset', 'resolve_sources', 'load_source',
+           'common_columns', 'detect_format', 'map_columns', 'instruction_prompt', 'normalize', 'normalize_pair',
+           'render_fallback', 'has_chat_template', 'render_model', 'resolve_template', 'encode_text', 'eos_token',
+           'tokenize_example', 'Example', 'TokenizedDataset', 'Pair', 'PreferenceDataset', 'tokenize_rows',
+           'tokenize_pairs', 'data_fingerprint', 'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached',
+           'tokenize_source', 'split_valid', 'PreparedData', 'prepare_data', 'check_data_paths', 'load_mapped_rows',
+           'normalized_rows', 'split_rows']
 
 # %% ../nbs/04_data.ipynb #55285260
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -162,6 +163,25 @@ FORMATS = {"preference": ("chosen", "rejected"), "chat": ("messages",), "sharegp
 
 def _expected() -> str: return "; ".join(f"{k}: {', '.join(v)}" for k,v in FORMATS.items())
 
+COLUMN_ALIASES = {"prompt": ("question", "query", "problem", "input"), "completion": ("answer", "response", "solution", "output"),
+                  "output": ("response", "answer"), "input": ("context",), "system": ("system_prompt",), "text": ("content",)}
+_OPTIONAL = {"instruction": ("input", "system"), "completion": ("system",)}  # read when there, under another common name
+
+def common_columns(columns, data_format:str="auto") -> dict:
+    "The renames {expected: the dataset's} that read a common layout (`question`/`answer`, `instruction`/`response`, ...) as one of `FORMATS`; {} when the columns already fit, or nothing does."
+    columns = list(columns)
+    fits = lambda f: all(c in columns for c in FORMATS[f])
+    if (fits(data_format) if data_format in FORMATS else any(fits(f) for f in FORMATS)): return {}
+    for fmt in ([data_format] if data_format in FORMATS else FORMATS):
+        if fmt not in ("instruction", "completion", "text"): continue
+        found = {want: want if want in columns else next((a for a in COLUMN_ALIASES.get(want, ()) if a in columns), None) for want in FORMATS[fmt]}
+        if None in found.values(): continue
+        for want in _OPTIONAL.get(fmt, ()):
+            have = next((a for a in COLUMN_ALIASES[want] if a in columns and a not in found.values()), None)
+            if want not in columns and have: found[want] = have
+        return {k: v for k, v in found.items() if k != v}
+    return {}
+
 def detect_format(columns, data_format:str="auto", where:str="the dataset") -> str:
     "The format whose required columns are present (or check the forced `data_format`)."
     columns = list(columns)
@@ -174,12 +194,14 @@ def detect_format(columns, data_format:str="auto", where:str="the dataset") -> s
     for fmt, need in FORMATS.items():
         if all(c in columns for c in need): return fmt
     raise DataError(f"Cannot detect the format of {where}: found columns {', '.join(columns) or 'none'}.",
-                    hint=f"Expected one of ({_expected()}). Rename columns with `columns`, e.g. {{prompt: question, completion: answer}}.")
+                    hint=f"Expected one of ({_expected()}), or a common layout (question/answer, query/response, instruction/response, ...). "
+                         "Rename columns with `columns`, e.g. {prompt: ask, completion: reply}.")
 
 # %% ../nbs/04_data.ipynb #346fea2a
-def map_columns(ds, columns:dict|None):
-    "Rename dataset columns: `columns` maps expected name -> the dataset's name."
-    for want, have in (columns or {}).items():
+def map_columns(ds, columns:dict|None, data_format:str|None=None):
+    "Rename dataset columns: `columns` maps expected name -> the dataset's name; then, given `data_format`, a common layout's (`common_columns`)."
+    if data_format is not None: ds = map_columns(ds, columns)
+    for want, have in (common_columns(ds.column_names, data_format) if data_format is not None else columns or {}).items():
         if have == want: continue
         if have not in ds.column_names:
             raise DataError(f"Column mapping {want}: {have} names a missing column '{have}' (found: {', '.join(ds.column_names)}).",
@@ -219,7 +241,9 @@ def normalize(row:dict, fmt:str, where:str="row") -> dict:
     if fmt == "preference":
         p = normalize_pair(row, where)
         return {"messages": p["prompt"] + p["chosen"], "tools": p["tools"]}
-    if fmt == "completion": msgs = [{"role": "user", "content": s(row["prompt"])}, {"role": "assistant", "content": s(row["completion"])}]
+    if fmt == "completion":
+        msgs = ([{"role": "system", "content": s(row["system"])}] if s(row.get("system")).strip() else []) + \
+               [{"role": "user", "content": s(row["prompt"])}, {"role": "assistant", "content": s(row["completion"])}]
     elif fmt == "instruction":
         user = instruction_prompt(row)
         msgs = ([{"role": "system", "content": s(row["system"])}] if s(row.get("system")).strip() else []) + \
@@ -525,7 +549,7 @@ def tokenize_pairs(rows, tokenizer, template:str, max_seq_length:int, where:str=
     return PreferenceDataset.from_lists(out, st, getattr(_hf(tokenizer), "pad_token_id", None) or 0)
 
 # %% ../nbs/04_data.ipynb #4afd5c80
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows of a common layout read, responses labelled false left out
 
 def _h(*parts) -> str: return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -572,9 +596,19 @@ from .config import PREFERENCE_METHODS
 def _pair_columns(columns:list, config:TrainConfig, where:str):
     "Refuse rows without the chosen and rejected columns a preference method needs."
     if missing := [c for c in FORMATS["preference"] if c not in columns]:
+        if "label" in columns:  # TRL's unpaired layout for KTO: {prompt, completion, label: true/false}
+            raise DataError(f"{where}: method '{config.method}' trains on preference pairs, but the rows are single responses with a `label` "
+                            f"(unpaired feedback; found: {', '.join(columns)}).",
+                            hint="Pair a desirable and an undesirable response to the same prompt as {prompt, chosen, rejected} rows "
+                                 "(finetune's KTO takes pairs), or train with method sft, which keeps the rows labelled true.")
         raise DataError(f"{where}: method '{config.method}' trains on preference pairs, but the rows have no {' or '.join(missing)} column (found: {', '.join(columns)}).",
                         hint="Give each row a prompt (or messages), a chosen and a rejected response, map your names with `columns` "
                              "(e.g. {chosen: better, rejected: worse}), or use method sft.")
+
+def _feedback(ds) -> bool:
+    "Whether the rows carry a true/false `label` (feedback on each response, as in TRL's KTO layout)."
+    f = getattr(ds, "features", {}).get("label")
+    return getattr(f, "dtype", None) == "bool"
 
 def tokenize_source(source, config:TrainConfig, tokenizer, split:str|None=None, quiet:bool=False) -> TokenizedDataset:
     "Load, normalize and tokenize `source` under `config` (as pairs for a preference method), using the on-disk cache."
@@ -588,12 +622,24 @@ def tokenize_source(source, config:TrainConfig, tokenizer, split:str|None=None, 
     where = f"'{source}'" if not isinstance(source, (list, tuple)) else "the rows"
     if len(ds) == 0: raise DataError(f"{where} has no rows.", hint="Add examples to the dataset (or point `data` at another file).")
     ds = map_columns(ds, config.columns)
+    read = common_columns(ds.column_names, "preference" if paired else config.data_format)
+    ds = map_columns(ds, read)
+    if read and not quiet: print(f"finetune: {where} is read with " + ", ".join(f"'{v}' as {k}" for k, v in read.items()) + " (set `columns` to choose others).", file=sys.stderr)
     if paired: _pair_columns(ds.column_names, config, where)
+    rejected = 0
+    if not paired and _feedback(ds):  # responses marked undesirable are not something to imitate
+        keep = [i for i, v in enumerate(ds["label"]) if v]
+        rejected, ds = len(ds) - len(keep), ds.select(keep)
+        if not quiet: print(f"finetune: {where} labels each response true or false: training on the {len(keep)} labelled true "
+                            f"({rejected} labelled false left out).", file=sys.stderr)
+        if not keep: raise DataError(f"{where}: every row is labelled false, so there is nothing to imitate.", hint="Train on responses labelled true.")
     fmt = detect_format(ds.column_names, "preference" if paired else config.data_format, where)
     template = resolve_template(tokenizer, config.template, fmt, quiet)
     train_on = config.train_on if config.train_on != "auto" else {"chat": "assistant", "sharegpt": "assistant", "text": "all"}.get(fmt, "completion")
     out = tokenize_pairs(ds, tokenizer, template, config.max_seq_length, where) if paired else \
           tokenize_rows(ds, fmt, tokenizer, template, train_on, config.max_seq_length, where)
+    if read: out.stats["columns"] = read
+    if rejected: out.stats["labelled_false"] = rejected
     if len(out) == 0:
         raise DataError(f"{where}: no example is left to train on ({out.stats['empty']} empty, {out.stats['dropped_truncated']} cut away by truncation).",
                         hint="Check the rows' contents, or raise max_seq_length.")
@@ -651,16 +697,17 @@ def check_data_paths(c:TrainConfig):
                             hint="Check the path; relative paths are read from the current directory.", path=v, field=k)
 
 def load_mapped_rows(data,                      # A data file, folder or registered dataset name
-                     columns:dict|None=None):   # Column mapping, {expected: actual}
+                     columns:dict|None=None,    # Column mapping, {expected: actual}
+                     data_format:str|None=None):# Given, a common layout's columns are also renamed for this format (or `auto`)
     "The rows of `data` as a `datasets.Dataset`, columns mapped; a DataError when the file does not exist."
     src = resolve_dataset(data)
     if not Path(str(src)).exists():
         raise DataError(f"Data file '{data}' does not exist.", hint="Check the path, or register the file with `ft dataset add NAME PATH`.", path=str(data))
-    return map_columns(load_rows(src), columns)
+    return map_columns(load_rows(src), columns, data_format)
 
 def normalized_rows(data, data_format:str="auto", columns:dict|None=None) -> tuple[list, str]:
     "Every row of `data` in the normalised chat (`messages`) or text form, and the detected format; a DataError names the first bad row."
-    ds = load_mapped_rows(data, columns)
+    ds = load_mapped_rows(data, columns, data_format)
     fmt = detect_format(ds.column_names, data_format, where=f"'{data}'")
     out = []
     for i, r in enumerate(ds):

@@ -99,7 +99,7 @@ METRICS = {"exact_match": exact_match, "contains": contains, "token_f1": token_f
 def examples_from(source, data_format:str="auto", columns:dict|None=None, limit:int|None=None) -> tuple[list, str]:
     "(examples `{messages, tools, reference}`, format) from data `source`, the last assistant turn as reference."
     from finetune.data import map_columns
-    ds = map_columns(load_rows(source), columns)
+    ds = map_columns(load_rows(source), columns, data_format)
     fmt = detect_format(ds.column_names, data_format)
     if fmt == "text": raise DataError("Text rows have no reference answers to compare with.", hint="Use chat, instruction or completion rows.")
     out = []

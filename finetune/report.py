@@ -55,6 +55,7 @@ class DataReport:
     splits: dict                 # split name -> split_stats
     lengths: np.ndarray          # training sequence lengths (both sides of a pair)
     padding: dict = field(default_factory=dict)  # 'bucketed'/'packed' -> padding_stats
+    columns: dict = field(default_factory=dict)  # a common layout's columns read as the format's: {expected: the dataset's}
 
     def histogram(self, bins:int=20):
         "Counts and bin edges of the training lengths."
@@ -69,7 +70,8 @@ class DataReport:
     def header(self) -> str:
         "One line: format, template, what is trained on, the length limit and padding waste."
         pad = ", ".join(f"{k} {v['waste']:.1%}" for k,v in self.padding.items())
-        return (f"format {self.format} | template {self.template} | train on {self.train_on} | max_seq_length {self.max_seq_length}"
+        cols = " (" + ", ".join(f"{v} as {k}" for k, v in self.columns.items()) + ")" if self.columns else ""
+        return (f"format {self.format}{cols} | template {self.template} | train on {self.train_on} | max_seq_length {self.max_seq_length}"
                 + (f" | padding waste: {pad}" if pad else ""))
 
 # %% ../nbs/04b_report.ipynb #c92f303e
@@ -129,7 +131,8 @@ def build_report(data:PreparedData, batch_size:int|None=None) -> DataReport:
     if data.test is not None: splits["test"] = split_stats(data.test)
     bs = batch_size or c.batch_size
     padding = {"bucketed": padding_stats(data.train, bs, c.max_seq_length), "packed": padding_stats(data.train, bs, c.max_seq_length, pack=True)}
-    return DataReport(data.format, data.template, data.train_on, c.max_seq_length, splits, np.diff(data.train.offsets), padding)
+    return DataReport(data.format, data.template, data.train_on, c.max_seq_length, splits, np.diff(data.train.offsets), padding,
+                      dict(data.train.stats.get("columns") or {}))
 
 @patch(as_prop=True)
 def report(self:PreparedData) -> DataReport:

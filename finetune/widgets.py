@@ -518,7 +518,7 @@ def preview(self:DatasetPicker, tokenizer=None):
     try:
         c = self.form.config if self.form is not None else as_config(data=self.box.value)
         c = as_config(c, data=str(resolve_dataset(c.data)))
-        ds = map_columns(load_source(resolve_sources(c.data, c.valid_data, c.test_data)["train"], c.hf_subset, c.hf_split), c.columns)
+        ds = map_columns(load_source(resolve_sources(c.data, c.valid_data, c.test_data)["train"], c.hf_subset, c.hf_split), c.columns, c.data_format)
         self.format = detect_format(ds.column_names, c.data_format)
         self.rows = ds.select(range(min(self.n_rows, len(ds)))).to_list()
         tok = tokenizer or self._tokenizer(c.model)

@@ -270,10 +270,27 @@ def test_malformed_json_line(tmp_path, tok):
 
 def test_missing_columns_lists_found_and_expected(tok):
     with pytest.raises(DataError) as e:
-        prepare_data(cfg([{"question": "q", "answer": "a"}]), tok)
-    assert "found columns question, answer" in str(e.value) and "instruction: instruction, output" in str(e.value)
+        prepare_data(cfg([{"ask": "q", "reply": "a"}]), tok)
+    assert "found columns ask, reply" in str(e.value) and "instruction: instruction, output" in str(e.value)
+    assert "question/answer" in e.value.hint
     with pytest.raises(DataError, match="lacks column"):
         prepare_data(cfg([{"text": "t"}], data_format="chat"), tok)
+
+
+def test_common_layouts_train_as_the_named_columns(tok):
+    "Hub datasets' usual names (GSM8K, MetaMathQA, Dolly, OpenOrca) give the tokens of the same rows with the columns named."
+    layouts = [({"question": "What is 2+2?", "answer": "4"}, {"prompt": "question", "completion": "answer"}),
+               ({"query": "What is 2+2?", "response": "4", "type": "GSM"}, {"prompt": "query", "completion": "response"}),
+               ({"instruction": "Summarize.", "context": "A long text.", "response": "Short.", "category": "summary"},
+                {"output": "response", "input": "context"}),
+               ({"id": "1", "system_prompt": "Be brief.", "question": "Capital of France?", "response": "Paris."},
+                {"prompt": "question", "completion": "response", "system": "system_prompt"})]
+    for row, columns in layouts:
+        auto, named = (prepare_data(cfg([row] * 4, valid_fraction=0.25, **kw), tok, quiet=True) for kw in ({}, {"columns": columns}))
+        assert auto.report.columns == columns and named.report.columns == {}, (row, auto.report.columns)
+        assert [auto.train[i] for i in range(len(auto.train))] == [named.train[i] for i in range(len(named.train))], row
+    orca = prepare_data(cfg([layouts[-1][0]] * 4, valid_fraction=0.25), tok, quiet=True).train[0]
+    assert "Be brief." in tok.decode(orca.tokens)  # the system prompt is kept
 
 
 def test_empty_dataset(tmp_path, tok):
