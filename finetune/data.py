@@ -709,10 +709,11 @@ def normalized_rows(data, data_format:str="auto", columns:dict|None=None) -> tup
     "Every row of `data` in the normalised chat (`messages`) or text form, and the detected format; a DataError names the first bad row."
     ds = load_mapped_rows(data, columns, data_format)
     fmt = detect_format(ds.column_names, data_format, where=f"'{data}'")
-    out = []
+    out, labelled = [], _feedback(ds)
     for i, r in enumerate(ds):
         n = normalize(r, fmt, where=f"'{data}' row {i+1}")
-        out.append(n if fmt == "text" or n.get("tools") else {"messages": n["messages"]})
+        n = n if fmt == "text" or n.get("tools") else {"messages": n["messages"]}
+        out.append({**n, "label": r["label"]} if labelled else n)  # feedback kept: SFT on the rewritten rows still leaves out those labelled false
     return out, fmt
 
 # %% ../nbs/04_data.ipynb #9f7e88d6
