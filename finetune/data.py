@@ -285,8 +285,9 @@ def _same(a:list, b:list) -> bool: return [(m["role"], m["content"]) for m in a]
 
 # %% ../nbs/04_data.ipynb #fda49518
 def _context(row:dict, where:str) -> list:
-    "The conversation before the responses: `prompt` (string or turns), else `messages`, else `question`, `query` or `instruction` (and `input`); `system` in front."
+    "The conversation before the responses: `prompt` (string or turns), else `messages` (or ShareGPT's `conversations`), else `question`, `query` or `instruction` (and `input`); `system` in front."
     p, m, s = row.get("prompt"), row.get("messages"), row.get("system")
+    if not isinstance(m, list): m = row.get("conversations")  # LLaMA-Factory's preference layout: ShareGPT turns, then chosen/rejected
     if not (isinstance(p, list) or (isinstance(p, str) and p.strip())) and not isinstance(m, list):  # the prompt under another common name
         p = next((row[k] for k in ("question", "query") if isinstance(row.get(k), str) and row[k].strip()), None)
         if p is None and isinstance(row.get("instruction"), str) and row["instruction"].strip():
