@@ -164,7 +164,8 @@ FORMATS = {"preference": ("chosen", "rejected"), "chat": ("messages",), "sharegp
 def _expected() -> str: return "; ".join(f"{k}: {', '.join(v)}" for k,v in FORMATS.items())
 
 COLUMN_ALIASES = {"prompt": ("question", "query", "problem", "input"), "completion": ("answer", "response", "solution", "output"),
-                  "output": ("response", "answer"), "input": ("context",), "system": ("system_prompt",), "text": ("content",)}
+                  "output": ("response", "answer"), "input": ("context",), "system": ("system_prompt",), "text": ("content",),
+                  "messages": ("conversation",)}
 _OPTIONAL = {"instruction": ("input", "system"), "completion": ("system",)}  # read when there, under another common name
 
 def common_columns(columns, data_format:str="auto") -> dict:
@@ -173,7 +174,7 @@ def common_columns(columns, data_format:str="auto") -> dict:
     fits = lambda f: all(c in columns for c in FORMATS[f])
     if (fits(data_format) if data_format in FORMATS else any(fits(f) for f in FORMATS)): return {}
     for fmt in ([data_format] if data_format in FORMATS else FORMATS):
-        if fmt not in ("instruction", "completion", "text"): continue
+        if fmt not in ("chat", "instruction", "completion", "text"): continue
         found = {want: want if want in columns else next((a for a in COLUMN_ALIASES.get(want, ()) if a in columns), None) for want in FORMATS[fmt]}
         if None in found.values(): continue
         for want in _OPTIONAL.get(fmt, ()):
@@ -249,17 +250,17 @@ def normalize(row:dict, fmt:str, where:str="row") -> dict:
         msgs = ([{"role": "system", "content": s(row["system"])}] if s(row.get("system")).strip() else []) + \
                [{"role": "user", "content": user}, {"role": "assistant", "content": s(row["output"])}]
     else:
-        key, rk, ck = ("messages", "role", "content") if fmt == "chat" else ("conversations", "from", "value")
+        key, rk, ck, ok, oc = ("messages", "role", "content", "from", "value") if fmt == "chat" else ("conversations", "from", "value", "role", "content")
         turns = row.get(key) or []
         if not isinstance(turns, list): raise DataError(f"{where}: '{key}' must be a list of turns, got {type(turns).__name__}.", hint="Write turns as [{...}, {...}].")
         msgs = [{"role": "system", "content": s(row["system"])}] if fmt == "sharegpt" and s(row.get("system")).strip() else []
         for t in turns:
-            r = t.get(rk) if isinstance(t, dict) else None
-            role = r if fmt == "chat" else SHAREGPT_ROLES.get(str(r).lower())
+            r = (t.get(rk) or t.get(ok)) if isinstance(t, dict) else None  # either key style: ShareGPT turns in `messages` too, and the reverse
+            role = r if r in ROLES else SHAREGPT_ROLES.get(str(r).lower())
             if role not in ROLES:
                 ok = ", ".join(ROLES if fmt == "chat" else SHAREGPT_ROLES)
                 raise DataError(f"{where}: unknown role {r!r}.", hint=f"Use one of: {ok} (or map them before training).")
-            msgs.append(_msg({**t, "content": t.get(ck)}, role))
+            msgs.append(_msg({**t, "content": t.get(ck, t.get(oc))}, role))
     if not any(m["role"] == "assistant" for m in msgs):
         raise DataError(f"{where}: the conversation has no assistant turn, so there is nothing to train on.",
                         hint="Add an assistant reply, or drop the row.")
