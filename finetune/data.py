@@ -256,7 +256,7 @@ def normalize(row:dict, fmt:str, where:str="row") -> dict:
         msgs = [{"role": "system", "content": s(row["system"])}] if fmt == "sharegpt" and s(row.get("system")).strip() else []
         for t in turns:
             r = (t.get(rk) or t.get(ok)) if isinstance(t, dict) else None  # either key style: ShareGPT turns in `messages` too, and the reverse
-            role = r if r in ROLES else SHAREGPT_ROLES.get(str(r).lower())
+            role = r if fmt == "chat" and t.get("role") else SHAREGPT_ROLES.get(str(r).lower())  # `role` keys name the roles themselves
             if role not in ROLES:
                 ok = ", ".join(ROLES if fmt == "chat" else SHAREGPT_ROLES)
                 raise DataError(f"{where}: unknown role {r!r}.", hint=f"Use one of: {ok} (or map them before training).")
