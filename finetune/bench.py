@@ -206,8 +206,9 @@ def system_config(system:str, spec:BenchSpec, paths:dict, folder, seed:int|None=
     return finetune_config(spec, paths, folder/"out", run_name="run", **o)
 
 # %% ../nbs/15_bench.ipynb #2890e7dd
-def _record(out:dict, t0:float, real:int, padded:int, loss:float):
-    out["steps"].append(dict(t=time.time() - t0, real=int(real), padded=int(padded), loss=float(loss)))
+def _record(out:dict, t0:float, real:int, padded:int, loss:float, new:bool|None=None):
+    "One step's record (`new`: whether it met input shapes no earlier step had, so its compiled step was traced and compiled again)."
+    out["steps"].append(dict(t=time.time() - t0, real=int(real), padded=int(padded), loss=float(loss), **({} if new is None else {"new": bool(new)})))
 
 def fix_length_sort():
     "Make mlx-lm batch rows of similar tokenized length: `CacheDataset.itemlen` returns the tokenized length (this process only)."
@@ -237,13 +238,14 @@ def _run_mlx_lm(cfg:dict, out:dict, t0:float, cfg_path:str, loss=None, order:lis
     import yaml
     import mlx_lm.lora as lora
     import mlx_lm.tuner.trainer as trainer
-    pending = []
+    pending, seen = [], set()
     def counting(*args, **kwargs):
         replay = order is not None and kwargs.get("loop")  # training batches in `order` (validation batches come without loop)
         for batch, lengths in ordered_batches(kwargs["dataset"], order, kwargs["max_seq_length"]) if replay else trainer.iterate_batches(*args, **kwargs):
             if kwargs.get("loop"):  # training batches (validation batches come without loop)
                 n = lengths[:, 1].tolist()
-                pending.append((sum(k - 1 for k in n), batch.shape[0] * (batch.shape[1] - 1)))
+                pending.append((sum(k - 1 for k in n), batch.shape[0] * (batch.shape[1] - 1), tuple(batch.shape) not in seen))  # mlx-lm compiles its step per batch shape
+                seen.add(tuple(batch.shape))
             yield batch, lengths
     class Report(trainer.TrainingCallback):
         def on_train_loss_report(self, info): _record(out, t0, *pending.pop(0), info["train_loss"])
@@ -254,20 +256,26 @@ def _run_mlx_lm(cfg:dict, out:dict, t0:float, cfg_path:str, loss=None, order:lis
     lora.main()
 
 def _run_finetune(cfg:dict, out:dict, t0:float, plot:bool=False):
-    from finetune.train import Trainer
+    import finetune.train as train
     from finetune.callbacks import Callback
     from finetune.liveplot import LivePlot
+    traces, summed = [0], train._summed  # `_summed` runs only while mx.compile traces a step (or an evaluation) for new input shapes
+    def counted(*a, **k): traces[0] += 1; return summed(*a, **k)
+    train._summed = counted
     class Report(Callback):
-        def after_step(self, m): _record(out, t0, m["n_real"], m["n_padded"], m["train_loss"])
+        last = 0
+        def after_step(self, m):
+            _record(out, t0, m["n_real"], m["n_padded"], m["train_loss"], new=traces[0] > self.last)
+            self.last = traces[0]
     class TimedPlot(LivePlot):  # a LivePlot that adds up the seconds spent in it
         spent = 0.0
         def __call__(self, event, metrics):
             tic = time.perf_counter(); super().__call__(event, metrics); self.spent += time.perf_counter() - tic
     cbs = [Report()]
     if plot: cbs.append(lp := TimedPlot(mode="svg", target=lambda svg: None))  # draws the chart at its default pace, as in a notebook
-    tr = Trainer(cfg, callbacks=cbs)
+    tr = train.Trainer(cfg, callbacks=cbs)
     tr.fit()
-    out["run_dir"], out["dtype"] = str(tr.run_dir), tr.model.finetune_info.dtype
+    out["run_dir"], out["dtype"], out["traces"] = str(tr.run_dir), tr.model.finetune_info.dtype, traces[0]
     if plot: out["draws"], out["plot_seconds"] = lp.draws, lp.spent
 
 def worker(argv=None):
@@ -350,10 +358,16 @@ def summarize(result:dict, skip:int=2) -> dict:
     window = st[skip:-1]
     dt = st[-2]["t"] - st[skip - 1]["t"] if skip else st[-2]["t"]
     real, padded = sum(s["real"] for s in st), sum(s["padded"] for s in st)
-    return dict(useful_tokens_per_sec=sum(s["real"] for s in window) / dt, padding_waste=1 - real / padded,
-                peak_memory_gb=result["peak_memory"] / 1e9, max_rss_gb=result["max_rss"] / 1e9, first_step_s=st[0]["t"],
-                final_train_loss=statistics.mean(s["loss"] for s in st[-3:]), steps=len(st), real_tokens=real,
-                longest_batch=max(s["padded"] for s in st))
+    out = dict(useful_tokens_per_sec=sum(s["real"] for s in window) / dt, padding_waste=1 - real / padded,
+               peak_memory_gb=result["peak_memory"] / 1e9, max_rss_gb=result["max_rss"] / 1e9, first_step_s=st[0]["t"],
+               final_train_loss=statistics.mean(s["loss"] for s in st[-3:]), steps=len(st), real_tokens=real,
+               longest_batch=max(s["padded"] for s in st))
+    if all("new" in s for s in st):  # steps that met new input shapes (traced and compiled again) against the rest, after the first
+        d = [(b["t"] - a["t"], b["new"]) for a, b in zip(st, st[1:])]
+        seen, new = [x for x, n in d if not n], [x for x, n in d if n]
+        out.update(new_shape_steps=sum(s["new"] for s in st), step_s_seen=statistics.median(seen) if seen else None,
+                   step_s_new=statistics.median(new) if new else None)
+    return out
 
 # %% ../nbs/15_bench.ipynb #7172ceb6
 def model_dims(spec:BenchSpec, model_dir=None) -> dict:
@@ -613,7 +627,8 @@ def run_benchmark(out, spec:BenchSpec|None=None, workdir=None, log=print) -> dic
 # %% ../nbs/15_bench.ipynb #95f9d7ba
 TARGETS = dict(speedup=1.6, val_loss_rel=0.02, utilization=0.35, qlora_step=1.5, bf16_speedup=20.0, grad_checkpoint_cut=0.30, liveplot_cost=0.03)
 ORDER = ["finetune", "finetune_plot", "finetune_qlora", "finetune_untuned", "finetune_one_stream", "mlx_lm_fixed", "mlx_lm_same", "mlx_lm", "mlx_lm_stock", "finetune_bf16", "mlx_lm_fixed_bf16"]
-KEYS = ["useful_tokens_per_sec", "padding_waste", "peak_memory_gb", "max_rss_gb", "first_step_s", "val_loss", "final_train_loss", "longest_batch"]
+KEYS = ["useful_tokens_per_sec", "padding_waste", "peak_memory_gb", "max_rss_gb", "first_step_s", "val_loss", "final_train_loss", "longest_batch",
+        "new_shape_steps", "step_s_seen", "step_s_new"]
 
 def _median(rows:list, key:str) -> float|None:
     v = [r["summary"].get(key) for r in rows]
@@ -782,6 +797,11 @@ def markdown(res:dict) -> str:
     if r.get("run_to_run_spread") is not None:
         lines.append(f"- finetune's repetitions differ by {r['run_to_run_spread']:.1%} (each has its own seed, so its own batches: "
                      "the spread is not timing noise alone)")
+    shapes = [(k, v) for k in ORDER if (v := res["systems"].get(k)) and v.get("new_shape_steps") is not None]
+    if shapes:
+        lines.append("- step time at input shapes met before / at new ones (the step traced and compiled again), medians in seconds: " + "; ".join(
+            f"{SYSTEMS[k]} {fmt(v['step_s_seen'], '.3f')} / {fmt(v['step_s_new'], '.3f')} ({v['new_shape_steps']:.0f} of {v['reps'][0]['steps']} steps new)"
+            for k, v in shapes))
     if res.get("profile"): lines += _profile_md(res["profile"])
     return "\n".join(lines) + "\n"
 

@@ -141,15 +141,17 @@ _idle, _idle_lock, _made = [], threading.Lock(), [0]   # (thread, inbox) of fine
 def _serve_calls(inbox:queue.SimpleQueue):
     "The body of a finetune MLX thread: run each call put in `inbox`, forever."
     me = threading.current_thread()
+    idle = me.name
     while True:
         run = inbox.get()
-        (fn, args, kwargs), run.call = run.call, None
+        (fn, args, kwargs), run.call, me.name = run.call, None, f"{run.name} ({idle})"  # named after its call while it runs one
         try: run.result = fn(*args, **kwargs)
         except BaseException as e:
             run.error = e
-            print(f"Exception in {run.name} (on thread {me.name}):", file=sys.stderr); traceback.print_exc()
+            print(f"Exception in thread {me.name}:", file=sys.stderr); traceback.print_exc()
         finally:
             del fn, args, kwargs  # holds nothing of the call while idle (an engine's model, a run's data)
+            me.name = idle
             with _idle_lock: _idle.append((me, inbox))
             run._done.set(); del run
 
