@@ -78,6 +78,7 @@ class Batch:
     seq_ids: mx.array|None = None    # int32 [n_tokens]: pairs only, the sequence of each trained target (chosen 0..P-1, rejected P..2P-1)
     seq_tokens: mx.array|None = None # float32 [2P]: pairs only, trained targets per sequence
     ref_logps: mx.array|None = None  # float32 [2P]: pairs only, the reference model's log-probabilities of the sequences (an objective sets them)
+    labels: mx.array|None = None     # float32 [P]: unpaired feedback only (`FeedbackDataset`), 1 for a desirable response, 0 for an undesirable one
     items: tuple = ()                # the dataset items in the batch, in order
     rows: tuple = ()                 # the rows it was made from (item indices each), in order
 
@@ -119,6 +120,7 @@ def make_batch(ds:TokenizedDataset, rows:list, max_seq_length:int, pack:bool=Fal
     return Batch(mx.array(inputs), mx.array(targets), mx.array(weights), mx.array(segs) if pack else None,
                  int(weights.sum()), n_real, B * L, mx.array(pos) if len(pos) else None,
                  None if sids is None else mx.array(sids), None if sids is None else mx.array(np.bincount(sids, minlength=S * len(items)).astype(np.float32)),
+                 labels=None if (lab := getattr(ds, "labels", None)) is None else mx.array(np.asarray(lab)[list(items)].astype(np.float32)),
                  items=items, rows=tuple(tuple(r) for r in rows))
 
 # %% ../nbs/04a_batching.ipynb #437e6a5e

@@ -70,7 +70,7 @@ class TrainConfig:
     batch_size: int = opt(4, "Examples per step (per process).", "optimization", min=1)
     grad_accumulation: int = opt(1, "Micro-batches whose gradients are summed before each update.", "optimization", min=1)
     grad_checkpoint: bool = opt(False, "Recompute activations in the backward pass to save memory.", "optimization")
-    method: str = opt("sft", "Training objective: supervised fine-tuning (sft), or preference tuning on rows with a chosen and a rejected response: dpo, orpo, simpo, kto.", "optimization", choices=list(METHODS))
+    method: str = opt("sft", "Training objective: supervised fine-tuning (sft), or preference tuning on rows with a chosen and a rejected response: dpo, orpo, simpo, kto (kto also on single responses with a true/false label).", "optimization", choices=list(METHODS))
     beta: float|None = opt(None, "Preference methods: the reward scale; empty takes the method's usual value (dpo and kto 0.1, simpo 2.0; orpo uses orpo_weight).", "optimization", min=0.0)
     dpo_loss: str = opt("sigmoid", "DPO's loss on the reward margin: sigmoid (the DPO paper), ipo (squared, on per-token log-probabilities) or hinge.", "optimization", choices=["sigmoid", "ipo", "hinge"])
     label_smoothing: float = opt(0.0, "DPO (sigmoid) and SimPO: the assumed share of pairs whose labels are flipped (conservative DPO).", "optimization", min=0.0, max=0.49)

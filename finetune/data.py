@@ -19,11 +19,11 @@ from .config import TrainConfig
 __all__ = ['BUILDERS', 'SPLIT_NAMES', 'FORMATS', 'COLUMN_ALIASES', 'ROLES', 'SHAREGPT_ROLES', 'FALLBACKS', 'AUTO_FALLBACK',
            'CACHE_VERSION', 'check_json', 'load_rows', 'resolve_dataset', 'resolve_sources', 'load_source',
            'common_columns', 'detect_format', 'map_columns', 'instruction_prompt', 'normalize', 'normalize_pair',
-           'render_fallback', 'has_chat_template', 'render_model', 'resolve_template', 'encode_text', 'eos_token',
-           'tokenize_example', 'Example', 'TokenizedDataset', 'Pair', 'PreferenceDataset', 'tokenize_rows',
-           'tokenize_pairs', 'data_fingerprint', 'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached',
-           'tokenize_source', 'split_valid', 'PreparedData', 'prepare_data', 'check_data_paths', 'load_mapped_rows',
-           'normalized_rows', 'split_rows']
+           'normalize_feedback', 'render_fallback', 'has_chat_template', 'render_model', 'resolve_template',
+           'encode_text', 'eos_token', 'tokenize_example', 'Example', 'TokenizedDataset', 'Pair', 'PreferenceDataset',
+           'Feedback', 'FeedbackDataset', 'tokenize_rows', 'tokenize_pairs', 'tokenize_feedback', 'data_fingerprint',
+           'tokenizer_fingerprint', 'cache_dir', 'save_cached', 'load_cached', 'tokenize_source', 'split_valid',
+           'PreparedData', 'prepare_data', 'check_data_paths', 'load_mapped_rows', 'normalized_rows', 'split_rows']
 
 # %% ../nbs/04_data.ipynb #55285260
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -328,6 +328,19 @@ def normalize_pair(row:dict, where:str="row") -> dict:
                                                         hint="A response starts with the assistant's reply; put earlier turns in the prompt.")
     return {"prompt": ctx, "chosen": ch, "rejected": rj, "tools": _tools(row)}
 
+def normalize_feedback(row:dict, where:str="row") -> dict:
+    "A row of unpaired feedback (TRL's KTO layout) in the internal form: {'prompt': [turns], 'completion': [turns], 'label': bool, 'tools': ...}."
+    ctx, comp, lab = _context(row, where), _turns(row.get("completion"), where, "completion"), row.get("label")
+    if not comp and ctx and ctx[-1]["role"] == "assistant": ctx, comp = ctx[:-1], ctx[-1:]  # `messages` that end in the judged reply
+    if not isinstance(lab, (bool, np.bool_)):
+        raise DataError(f"{where}: 'label' must be true or false (is the response desirable?), got {lab!r}.", hint="Write the label as true or false.")
+    if not ctx: raise DataError(f"{where}: the response has no prompt (no 'prompt' or 'messages').",
+                                hint="Give each row a prompt, or map your prompt column with `columns`, e.g. {prompt: question}.")
+    if not comp: raise DataError(f"{where}: 'completion' is missing.", hint="Each row needs the response its label judges, as `completion`.")
+    if comp[0]["role"] != "assistant": raise DataError(f"{where}: the completion starts with a {comp[0]['role']} turn.",
+                                                       hint="A completion starts with the assistant's reply; put earlier turns in the prompt.")
+    return {"prompt": ctx, "completion": comp, "label": bool(lab), "tools": _tools(row)}
+
 # %% ../nbs/04_data.ipynb #d55f5bb5
 def _role_text(m): return m["content"] + "".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in m.get("tool_calls") or [])
 
@@ -389,7 +402,7 @@ def render_model(tokenizer, messages:list, tools=None) -> tuple[str, list]:
     return full, spans
 
 # %% ../nbs/04_data.ipynb #f6c5edc1
-AUTO_FALLBACK = {"chat": "chatml", "sharegpt": "chatml", "instruction": "alpaca", "completion": "plain", "preference": "chatml"}
+AUTO_FALLBACK = {"chat": "chatml", "sharegpt": "chatml", "instruction": "alpaca", "completion": "plain", "preference": "chatml", "feedback": "chatml"}
 
 def resolve_template(tokenizer, template:str="auto", fmt:str="chat", quiet:bool=False) -> str:
     "The template to use: 'model', a fallback name, or 'none' for text."
@@ -500,6 +513,39 @@ class PreferenceDataset(TokenizedDataset):
         return TokenizedDataset.from_lists([(ex.tokens, ex.mask) for i in range(len(self)) for ex in self.sequences(i)[k:k + 1]],
                                            self.stats, self.pad_id)
 
+@dataclass
+class Feedback:
+    "One tokenized response with its label, and the prompt with another row's response (for KTO's reference point)."
+    response: Example
+    mismatched: Example
+    desirable: bool
+
+class FeedbackDataset(TokenizedDataset):
+    "Tokenized responses labelled desirable or not (KTO's unpaired data), each stored with a mismatched sequence: its prompt with another row's response; `ds[i]` is a `Feedback`."
+    sides = 2
+    def __init__(self, tokens, mask, offsets, stats:dict|None=None, pad_id:int=0, labels=None):
+        super().__init__(tokens, mask, offsets, stats, pad_id)
+        self.labels = np.ones(len(self), bool) if labels is None else np.asarray(labels, bool).reshape(-1)
+        if len(self.labels) != len(self): raise ValueError(f"{len(self.labels)} labels for {len(self)} responses.")
+    @classmethod
+    def from_lists(cls, examples, stats=None, pad_id=0, labels=None):
+        "Build from (tokens, mask) pairs (response, mismatched, response, ...) and a label per response."
+        ds = TokenizedDataset.from_lists(examples, stats, pad_id)
+        return cls(ds._tokens, ds._mask, ds.offsets, ds.stats, pad_id, labels)
+    def __getitem__(self, i):
+        if i < 0: i += len(self)
+        if not 0 <= i < len(self): raise IndexError(i)
+        return Feedback(*self.sequences(i), bool(self.labels[i]))
+    def subset(self, idx):
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        o, s = self.offsets, self.sides
+        return FeedbackDataset.from_lists([(self._tokens[o[j]:o[j+1]], self._mask[o[j]:o[j+1]]) for i in idx for j in range(i * s, i * s + s)],
+                                          dict(self.stats), self.pad_id, self.labels[idx])
+    def responses(self, desirable:bool|None=None) -> TokenizedDataset:
+        "The responses as single examples: all, or those labelled `desirable` (True) or not (False)."
+        keep = [i for i in range(len(self)) if desirable is None or self.labels[i] == desirable]
+        return TokenizedDataset.from_lists([(self.sequence(i * 2).tokens, self.sequence(i * 2).mask) for i in keep], self.stats, self.pad_id)
+
 # %% ../nbs/04_data.ipynb #1e63b9cb
 def tokenize_rows(rows, fmt:str, tokenizer, template:str, train_on:str, max_seq_length:int, where:str="dataset") -> TokenizedDataset:
     "Normalize, render and tokenize every row; truncate and drop as needed, recording the counts in `.stats`."
@@ -550,6 +596,33 @@ def tokenize_pairs(rows, tokenizer, template:str, max_seq_length:int, where:str=
     st["dropped_rows"] = st["dropped_rows"][:50]
     return PreferenceDataset.from_lists(out, st, getattr(_hf(tokenizer), "pad_token_id", None) or 0)
 
+def tokenize_feedback(rows, tokenizer, template:str, max_seq_length:int, where:str="dataset", seed:int=0) -> FeedbackDataset:
+    "Normalize, render and tokenize rows of unpaired feedback (loss on the completion), each with its prompt and another row's completion (a fixed pairing drawn with `seed`): KTO's mismatched sequence."
+    kept, seen = [], set()
+    st = dict(rows=0, empty=0, truncated=0, dropped_truncated=0, duplicates=0, dropped_rows=[], format="feedback",
+              template=template, train_on="completion", max_seq_length=max_seq_length)
+    def drop(i, key, why): st[key] += 1; st["dropped_rows"].append((i + 1, why))
+    def tokens(prompt, completion, tools, n):
+        ids, m = tokenize_example({"messages": prompt + completion, "tools": tools}, tokenizer, template, "assistant", n)
+        return (ids[:max_seq_length], m[:max_seq_length]), len(ids) > max_seq_length
+    for i, row in enumerate(rows):
+        st["rows"] += 1
+        f = normalize_feedback(row, f"{where} row {i + 1}")
+        if not _has_reply(f["completion"]): drop(i, "empty", "empty response"); continue
+        n = sum(m["role"] == "assistant" for m in f["prompt"])
+        (ids, m), cut = tokens(f["prompt"], f["completion"], f["tools"], n)
+        if sum(m) == 0: drop(i, "dropped_truncated" if cut else "empty", "nothing to train on" + " after truncation" * cut); continue
+        st["truncated"] += cut
+        key = hashlib.sha1(np.asarray(ids + [-1, int(f["label"])], np.int64).tobytes()).hexdigest()
+        st["duplicates"] += key in seen; seen.add(key)
+        kept.append((f, n, (ids, m)))
+    order = np.random.default_rng(seed).permutation(len(kept))
+    other = np.empty(len(kept), np.int64); other[order] = np.roll(order, -1)  # each response's partner: the next in a shuffled ring
+    out = []
+    for k, (f, n, seq) in enumerate(kept): out += [seq, tokens(f["prompt"], kept[other[k]][0]["completion"], f["tools"], n)[0]]
+    st["dropped_rows"], st["desirable"] = st["dropped_rows"][:50], sum(f["label"] for f, _, _ in kept)
+    return FeedbackDataset.from_lists(out, st, getattr(_hf(tokenizer), "pad_token_id", None) or 0, [f["label"] for f, _, _ in kept])
+
 # %% ../nbs/04_data.ipynb #4afd5c80
 CACHE_VERSION = 2  # 2: rows of a common layout read, responses labelled false left out
 
@@ -578,8 +651,9 @@ def save_cached(ds:TokenizedDataset, key:str):
     "Write `ds` to the cache under `key` (atomically)."
     d = cache_dir()/key; tmpd = d.with_name(d.name + f".tmp{os.getpid()}")
     tmpd.mkdir(parents=True, exist_ok=True)
-    np.savez(tmpd/"data.npz", tokens=ds._tokens, mask=ds._mask, offsets=ds.offsets)
-    (tmpd/"meta.json").write_text(json.dumps(dict(stats=ds.stats, pad_id=ds.pad_id, version=CACHE_VERSION, sides=ds.sides)))
+    labels = getattr(ds, "labels", None)
+    np.savez(tmpd/"data.npz", tokens=ds._tokens, mask=ds._mask, offsets=ds.offsets, **({} if labels is None else {"labels": labels}))
+    (tmpd/"meta.json").write_text(json.dumps(dict(stats=ds.stats, pad_id=ds.pad_id, version=CACHE_VERSION, sides=ds.sides, feedback=labels is not None)))
     try: os.replace(tmpd, d)
     except OSError: shutil.rmtree(tmpd, ignore_errors=True)
 
@@ -588,8 +662,9 @@ def load_cached(key:str) -> TokenizedDataset|None:
     d = cache_dir()/key
     if not (d/"meta.json").exists(): return None
     z, meta = np.load(d/"data.npz"), json.loads((d/"meta.json").read_text())
-    cls = PreferenceDataset if meta.get("sides", 1) == 2 else TokenizedDataset
-    return cls(z["tokens"], z["mask"], z["offsets"], {**meta["stats"], "cached": True}, meta["pad_id"])
+    args = (z["tokens"], z["mask"], z["offsets"], {**meta["stats"], "cached": True}, meta["pad_id"])
+    if meta.get("feedback"): return FeedbackDataset(*args, labels=z["labels"])
+    return (PreferenceDataset if meta.get("sides", 1) == 2 else TokenizedDataset)(*args)
 
 # %% ../nbs/04_data.ipynb #255f9ef8
 from .config import PREFERENCE_METHODS
@@ -601,8 +676,8 @@ def _pair_columns(columns:list, config:TrainConfig, where:str):
         if "label" in columns:  # TRL's unpaired layout for KTO: {prompt, completion, label: true/false}
             raise DataError(f"{where}: method '{config.method}' trains on preference pairs, but the rows are single responses with a `label` "
                             f"(unpaired feedback; found: {', '.join(columns)}).",
-                            hint="Pair a desirable and an undesirable response to the same prompt as {prompt, chosen, rejected} rows "
-                                 "(finetune's KTO takes pairs), or train with method sft, which keeps the rows labelled true.")
+                            hint="Train with method kto, which takes responses labelled true or false as they are; or pair a desirable and an "
+                                 "undesirable response to the same prompt as {prompt, chosen, rejected} rows; or use method sft, which keeps the rows labelled true.")
         raise DataError(f"{where}: method '{config.method}' trains on preference pairs, but the rows have no {' or '.join(missing)} column (found: {', '.join(columns)}).",
                         hint="Give each row a prompt (or messages), a chosen and a rejected response, map your names with `columns` "
                              "(e.g. {chosen: better, rejected: worse}), or use method sft.")
@@ -618,16 +693,17 @@ def tokenize_source(source, config:TrainConfig, tokenizer, split:str|None=None, 
     ds = None if local else load_source(source, config.hf_subset, split or config.hf_split)
     paired = config.method in PREFERENCE_METHODS
     base = (CACHE_VERSION, data_fingerprint(source, ds), tokenizer_fingerprint(tokenizer), config.data_format, config.columns,
-            config.template, config.train_on, config.max_seq_length) + (("pairs",) if paired else ())
+            config.template, config.train_on, config.max_seq_length) + (("pairs",) if paired else ()) + (("kto",) if config.method == "kto" else ())
     if (hit := load_cached(_h(*base))) is not None: return hit
     if ds is None: ds = load_source(source, config.hf_subset, split or config.hf_split)
     where = f"'{source}'" if not isinstance(source, (list, tuple)) else "the rows"
     if len(ds) == 0: raise DataError(f"{where} has no rows.", hint="Add examples to the dataset (or point `data` at another file).")
     ds = map_columns(ds, config.columns)
-    read = common_columns(ds.column_names, "preference" if paired else config.data_format)
+    feedback = config.method == "kto" and _feedback(ds) and not all(c in ds.column_names for c in FORMATS["preference"])  # KTO on unpaired responses
+    read = common_columns(ds.column_names, "completion" if feedback else "preference" if paired else config.data_format)
     ds = map_columns(ds, read)
     if read and not quiet: print(f"finetune: {where} is read with " + ", ".join(f"'{v}' as {k}" for k, v in read.items()) + " (set `columns` to choose others).", file=sys.stderr)
-    if paired: _pair_columns(ds.column_names, config, where)
+    if paired and not feedback: _pair_columns(ds.column_names, config, where)
     rejected = 0
     if not paired and _feedback(ds):  # responses marked undesirable are not something to imitate
         keep = [i for i, v in enumerate(ds["label"]) if v]
@@ -635,10 +711,11 @@ def tokenize_source(source, config:TrainConfig, tokenizer, split:str|None=None, 
         if not quiet: print(f"finetune: {where} labels each response true or false: training on the {len(keep)} labelled true "
                             f"({rejected} labelled false left out).", file=sys.stderr)
         if not keep: raise DataError(f"{where}: every row is labelled false, so there is nothing to imitate.", hint="Train on responses labelled true.")
-    fmt = detect_format(ds.column_names, "preference" if paired else config.data_format, where)
+    fmt = "feedback" if feedback else detect_format(ds.column_names, "preference" if paired else config.data_format, where)
     template = resolve_template(tokenizer, config.template, fmt, quiet)
     train_on = config.train_on if config.train_on != "auto" else {"chat": "assistant", "sharegpt": "assistant", "text": "all"}.get(fmt, "completion")
-    out = tokenize_pairs(ds, tokenizer, template, config.max_seq_length, where) if paired else \
+    out = tokenize_feedback(ds, tokenizer, template, config.max_seq_length, where) if feedback else \
+          tokenize_pairs(ds, tokenizer, template, config.max_seq_length, where) if paired else \
           tokenize_rows(ds, fmt, tokenizer, template, train_on, config.max_seq_length, where)
     if read: out.stats["columns"] = read
     if rejected: out.stats["labelled_false"] = rejected

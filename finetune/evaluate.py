@@ -14,7 +14,7 @@ import numpy as np
 from .batching import make_batch
 from .train import loss_sums
 from .config import TrainConfig
-from .data import detect_format, load_rows, normalize, resolve_template
+from .data import _feedback, detect_format, load_rows, normalize, resolve_template
 from .errors import DataError
 from .generate import generate_batch
 from .models import load_adapters, load_model
@@ -62,9 +62,13 @@ def pair_logps(model, ds, batch_size:int=4, max_seq_length:int=2048) -> tuple[np
     finally: model.train(training)
     return lp, n
 
-def preference_scores(objective, lp:np.ndarray, n:np.ndarray, ref:np.ndarray|None=None) -> dict:
-    "`objective`'s mean loss, accuracy and margin on pairs with log-probabilities `lp` (token counts `n`) against `ref`, and `prefers_chosen`."
+def preference_scores(objective, lp:np.ndarray, n:np.ndarray, ref:np.ndarray|None=None, labels:np.ndarray|None=None) -> dict:
+    "`objective`'s mean loss, accuracy and margin on pairs with log-probabilities `lp` (token counts `n`) against `ref`, and `prefers_chosen`; given `labels` (unpaired feedback), the responses' with their mismatched sequences, and the KL estimate."
     flat = lambda a: mx.array(np.concatenate([a[:, 0], a[:, 1]]))  # noqa: E731  (both sides, the chosen first)
+    if labels is not None:
+        losses, m = objective.scores(flat(lp), flat(n), None if ref is None else flat(ref), mx.array(np.asarray(labels, np.float32)))
+        P = max(len(lp), 1)
+        return dict(pref_loss=losses.mean().item(), pref_accuracy=m["accuracy"].item() / P, pref_margin=m["margin"].item() / P, kl=m["kl"].item() / P)
     losses, m = objective.scores(flat(lp), flat(n), None if ref is None else flat(ref))
     per = lp[:, 0] / np.maximum(n[:, 0], 1) - lp[:, 1] / np.maximum(n[:, 1], 1)
     P = max(len(lp), 1)
@@ -100,6 +104,7 @@ def examples_from(source, data_format:str="auto", columns:dict|None=None, limit:
     "(examples `{messages, tools, reference}`, format) from data `source`, the last assistant turn as reference."
     from finetune.data import map_columns
     ds = map_columns(load_rows(source), columns, data_format)
+    if _feedback(ds): ds = ds.select([i for i, v in enumerate(ds["label"]) if v])  # responses labelled false are no reference
     fmt = detect_format(ds.column_names, data_format)
     if fmt == "text": raise DataError("Text rows have no reference answers to compare with.", hint="Use chat, instruction or completion rows.")
     out = []
@@ -210,18 +215,19 @@ def evaluate_run(run_dir,                     # A run directory (config.yaml, ad
     from finetune.data import tokenize_source
     ds = tokenize_source(source, cfg, tok, split="test", quiet=True)
     pairs = ds if getattr(ds, "sides", 1) == 2 else None  # a preference run: its loss is the chosen answers', plus the pair scores
+    labels = getattr(ds, "labels", None)  # unpaired feedback: the loss is the desirable responses'; the scores need the labels
     examples, fmt = examples_from(source, cfg.data_format, cfg.columns, limit)
     kw = dict(max_tokens=max_tokens, template=cfg.template, fmt=fmt)
     res, base_lp = {}, None
     for name in ("base", "tuned"):
         if name == "tuned": load_adapters(model, run)
-        loss = dataset_loss(model, ds if pairs is None else pairs.side(0), cfg.batch_size, cfg.max_seq_length)
+        loss = dataset_loss(model, ds if pairs is None else pairs.side(0) if labels is None else pairs.responses(True), cfg.batch_size, cfg.max_seq_length)
         summary, per = answer_scores(model, tok, examples, **kw)
         res[name] = ({**summary, "loss": loss["loss"], "perplexity": loss["perplexity"]}, per)
         if pairs is not None:
             lp, n = pair_logps(model, pairs, cfg.batch_size, cfg.max_seq_length)
             base_lp = lp if base_lp is None else base_lp
-            res[name][0].update(preference_scores(make_objective(cfg), lp, n, base_lp))
+            res[name][0].update(preference_scores(make_objective(cfg), lp, n, base_lp, labels))
     rows = [dict(prompt=_prompt_text(e["messages"]), reference=e["reference"], base=res["base"][1][i], tuned=res["tuned"][1][i])
             for i, e in enumerate(examples)]
     out = Comparison(["base", "tuned"], {k: v[0] for k, v in res.items()}, rows,

@@ -17,9 +17,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'dpo_losses', 'simpo_losses', 'log_odds', 'orpo_losses', 'kto_losses', 'sequence_logps',
-           'adapter_layers', 'adapters_disabled', 'weights_swapped', 'Reference', 'Objective', 'SFT', 'Preference',
-           'DPO', 'KTO', 'SimPO', 'ORPO', 'make_objective']
+__all__ = ['OBJECTIVES', 'dpo_losses', 'simpo_losses', 'log_odds', 'orpo_losses', 'kto_losses', 'kto_unpaired_losses',
+           'sequence_logps', 'adapter_layers', 'adapters_disabled', 'weights_swapped', 'Reference', 'Objective', 'SFT',
+           'Preference', 'DPO', 'KTO', 'SimPO', 'ORPO', 'make_objective']
 
 # %% ../nbs/04c_objectives.ipynb #0994e079
 def dpo_losses(chosen:mx.array, rejected:mx.array,          # Policy log-probabilities of the chosen and rejected responses, [P]
@@ -68,6 +68,16 @@ def kto_losses(chosen:mx.array, rejected:mx.array,          # Policy log-probabi
     z = mx.stop_gradient(mx.maximum(mx.concatenate([c, r]).mean(), 0))
     losses = desirable_weight * (1 - mx.sigmoid(beta * (c - z))) + undesirable_weight * (1 - mx.sigmoid(beta * (z - r)))
     return losses / 2, beta * c, beta * r
+
+def kto_unpaired_losses(logps:mx.array, ref_logps:mx.array,          # Policy and reference log-probabilities of the responses, [P]
+                        kl_logps:mx.array, ref_kl_logps:mx.array,    # Theirs of the mismatched sequences (each prompt with another response), [P]
+                        labels:mx.array,                 # 1 for a desirable response, 0 for an undesirable one, [P]
+                        beta:float=0.1, desirable_weight:float=1.0, undesirable_weight:float=1.0):
+    "KTO's losses on unpaired responses, their rewards and the reference point: the mismatched sequences' mean log-ratio (a KL estimate), at least 0, without gradient."
+    r = logps - ref_logps
+    z = mx.stop_gradient(mx.maximum((kl_logps - ref_kl_logps).mean(), 0))
+    losses = labels * desirable_weight * (1 - mx.sigmoid(beta * (r - z))) + (1 - labels) * undesirable_weight * (1 - mx.sigmoid(beta * (z - r)))
+    return losses, beta * r, z
 
 # %% ../nbs/04c_objectives.ipynb #00e08c65
 def sequence_logps(model, batch:Batch) -> tuple[mx.array, mx.array]:
@@ -144,8 +154,13 @@ class SFT(Objective):
 # %% ../nbs/04c_objectives.ipynb #70f22efa
 class Preference(Objective):
     "A preference objective: per-pair losses from the log-probabilities of both sides, with rewards, margin and accuracy."
-    paired, uses_reference, per_token = True, False, False
+    paired, uses_reference, per_token, unpaired = True, False, False, False  # unpaired: also trains on responses labelled desirable or not
     reference, nll_weight = None, 0.0  # weight of the chosen responses' cross-entropy added to each pair's loss (RPO)
+    def check(self, ds, what:str="the training data"):
+        super().check(ds, what)
+        if getattr(ds, "labels", None) is not None and not self.unpaired:
+            raise DataError(f"Method '{self.name}' trains on preference pairs, but {what} holds single responses labelled desirable or not.",
+                            hint="Train with method kto, which takes them as they are, or prepare pairs ({prompt, chosen, rejected} rows).")
     def setup(self, model, fresh_adapters:bool=False):
         if self.uses_reference: self.reference, self._cache = Reference(model, fresh_adapters), {}
     def _cached(self, source) -> dict:
@@ -211,11 +226,25 @@ class DPO(Preference):
     def __repr__(self): return f"DPO(beta={self.beta}, label_smoothing={self.label_smoothing}, kind={self.kind!r})"
 
 class KTO(Preference):
-    "Kahneman-Tversky optimisation on pairs: each side against a reference point, with the frozen reference."
-    name, uses_reference = "kto", True
+    "Kahneman-Tversky optimisation with the frozen reference: on pairs each side against a reference point; on unpaired responses labelled desirable or not (`FeedbackDataset`), each against the KL estimate of mismatched sequences."
+    name, uses_reference, unpaired = "kto", True, True
     def __init__(self, beta:float=0.1, desirable_weight:float=1.0, undesirable_weight:float=1.0):
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
     def pair_losses(self, c, r, rc, rr): return kto_losses(c, r, rc, rr, self.beta, self.desirable_weight, self.undesirable_weight)
+    def loss(self, model, batch:Batch) -> tuple:
+        if batch.labels is None: return super().loss(model, batch)
+        lp, n = sequence_logps(model, batch)
+        losses, metrics = self.scores(lp, n, batch.ref_logps, batch.labels)
+        return losses.mean(), lp.shape[0] // 2, metrics
+    def scores(self, lp:mx.array, n:mx.array, ref:mx.array|None=None, labels:mx.array|None=None) -> tuple:
+        "As `Preference.scores`; given `labels`, `lp` holds the responses then their mismatched sequences, and the metrics are the margin (each reward's distance from the reference point, on its label's side), the accuracy (the share on their label's side) and the KL estimate."
+        if labels is None: return super().scores(lp, n, ref)
+        P, ref = lp.shape[0] // 2, mx.zeros_like(lp) if ref is None else ref
+        losses, rewards, z = kto_unpaired_losses(lp[:P], ref[:P], lp[P:], ref[P:], labels, self.beta, self.desirable_weight, self.undesirable_weight)
+        if self.nll_weight: losses = losses + self.nll_weight * labels * (-lp[:P] / n[:P])  # the desirable responses' cross-entropy
+        m = (2 * labels - 1) * (rewards - self.beta * z)
+        tie = mx.abs(lp[:P] - ref[:P] - z) <= 1e-5 * (mx.abs(lp[:P]) + mx.abs(ref[:P]) + z)  # within float rounding
+        return losses, {"margin": m.sum(), "accuracy": ((m > 0) & ~tie).sum() + 0.5 * tie.sum(), "kl": z * P}
     def __repr__(self): return f"KTO(beta={self.beta})"
 
 class SimPO(Preference):

@@ -19,7 +19,9 @@ __all__ = ['ROWS', 'split_stats', 'DataReport', 'build_report', 'inspect_data']
 
 # %% ../nbs/04b_report.ipynb #028f7a45
 def split_stats(ds:TokenizedDataset) -> dict:
-    "Counts and token-length statistics of one tokenized split (for pairs: counted in pairs, lengths over both sides)."
+    "Counts and token-length statistics of one tokenized split (for pairs: counted in pairs, lengths over both sides; for unpaired feedback: the responses, and the share labelled desirable)."
+    if (labels := getattr(ds, "labels", None)) is not None:  # the mismatched sequences only set KTO's reference point
+        return {**split_stats(ds.responses()), "desirable": float(labels.mean()) if len(labels) else 0.0}
     st, L = ds.stats, np.diff(ds.offsets)  # every sequence's length: both sides of a pair
     tokens = int(L.sum())
     key = lambda i: b"|".join(np.asarray(e.tokens, np.int32).tobytes() for e in ds.sequences(i))
@@ -40,9 +42,9 @@ ROWS = [("rows", "rows read"), ("examples", "examples kept"), ("empty", "empty (
         ("dropped_truncated", "cut away by truncation (dropped)"), ("duplicates", "duplicates"), ("identical", "identical pair (dropped)"),
         ("tokens", "tokens"), ("trained_tokens", "trained tokens"), ("trained_share", "share trained"), ("min", "length min"),
         ("mean", "length mean"), ("median", "length median"), ("p95", "length p95"), ("max", "length max"),
-        ("chosen_longer", "chosen longer")]  # rows a split lacks (the pair rows, for single examples) are left out
+        ("chosen_longer", "chosen longer"), ("desirable", "labelled desirable")]  # rows a split lacks (the pair rows, for single examples) are left out
 
-def _cell(k, x): return f"{x:.1%}" if k in ("trained_share", "chosen_longer") else (f"{x:,.1f}" if isinstance(x, float) else f"{x:,}")
+def _cell(k, x): return f"{x:.1%}" if k in ("trained_share", "chosen_longer", "desirable") else (f"{x:,.1f}" if isinstance(x, float) else f"{x:,}")
 
 # %% ../nbs/04b_report.ipynb #6faf5600
 @dataclass

@@ -25,7 +25,8 @@ from .liveplot import LivePlot, Panel, history_chart, svg_chart
 __all__ = ['DATA_EXTS', 'ESSENTIALS', 'RELEVANT', 'TABS', 'control_subshell', 'responsive', 'field_widget', 'write_widget',
            'read_widget', 'model_problem', 'data_problem', 'check_field', 'ConfigForm', 'model_choices', 'ModelPicker',
            'examples_dir', 'dataset_choices', 'chat_html', 'mask_html', 'length_histogram', 'DatasetPicker',
-           'sample_prompts', 'Samples', 'list_runs', 'run_summary_html', 'TrainPanel', 'ChatCompare', 'Studio']
+           'trained_example', 'sample_prompts', 'Samples', 'list_runs', 'run_summary_html', 'TrainPanel', 'ChatCompare',
+           'Studio']
 
 # %% ../nbs/07_widgets.ipynb #1e75ca06
 _SUBSHELLS = {}
@@ -509,6 +510,12 @@ def _tokenizer(self:DatasetPicker, model:str):
     if model not in self._toks: self._toks[model] = load_tokenizer(resolve_model(model))
     return self._toks[model]
 
+def trained_example(ds, i:int):
+    "Item `i`'s sequence that shows what to imitate: the example itself, a pair's chosen side, a response labelled desirable (None for one labelled undesirable)."
+    if getattr(ds, "sides", 1) == 1: return ds[i]
+    if (labels := getattr(ds, "labels", None)) is not None and not labels[i]: return None
+    return ds.sequence(i * ds.sides)
+
 @patch
 def preview(self:DatasetPicker, tokenizer=None):
     "Show the first rows as chat, the loss mask of one example, the data report and histogram; the report (None on an error, which is shown)."
@@ -526,8 +533,8 @@ def preview(self:DatasetPicker, tokenizer=None):
         self.report = build_report(self.data)
         bubbles = "".join(chat_html(r, self.format) for r in self.rows)
     except FinetuneError as e: self.view.value = _err_html(e); return None
-    ex = self.data.train[0] if len(self.data.train) else None
-    self.view.value = (f"<p><b>{len(ds):,} training rows</b>, format <b>{self.format}</b> (detected from columns "
+    ex = next((e for i in range(len(self.data.train)) if (e := trained_example(self.data.train, i)) is not None), None)
+    self.view.value = (f"<p><b>{len(ds):,} training rows</b>, format <b>{self.data.format}</b> (detected from columns "
                        f"{html.escape(', '.join(ds.column_names))}). The first {len(self.rows)}:</p>{bubbles}"
                        + (f"<p><b>What the model is trained on</b> (one example, template <b>{html.escape(self.data.template)}</b>, "
                           f"train on <b>{html.escape(self.data.train_on)}</b>):</p>{mask_html(tok, ex)}" if ex else "")
@@ -538,10 +545,11 @@ def preview(self:DatasetPicker, tokenizer=None):
 
 # %% ../nbs/07_widgets.ipynb #040db8ce
 def sample_prompts(ds, tokenizer, n:int=3) -> list[tuple[str, str]]:
-    "Up to `n` (prompt, expected answer) texts from tokenized examples: the text before the first trained token, then that answer."
+    "Up to `n` (prompt, expected answer) texts from tokenized examples (`trained_example`): the text before the first trained token, then that answer."
     out = []
-    for i in range(min(len(ds), n)):
-        ex = ds[i]
+    for i in range(len(ds)):
+        if len(out) >= n: break
+        if (ex := trained_example(ds, i)) is None: continue
         k = next((j for j, m in enumerate(ex.mask) if m), None)
         if k is None: continue
         if k < 2: k = max(1, len(ex.tokens) // 2)   # raw text, trained from its first token: continue the first half

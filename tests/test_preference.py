@@ -251,3 +251,60 @@ def test_common_hub_layouts_train(env, tmp_path, layout):
     assert "What is" in tok.decode(pairs[0].chosen.tokens) and "Human:" not in tok.decode(pairs[0].chosen.tokens)
     h = Trainer(c, data=data, callbacks=QUIET()).fit()
     assert losses(h)[-1] < losses(h)[0]
+
+
+def write_feedback(d: Path, n_train=24, n_valid=8):
+    "train.jsonl and valid.jsonl of unpaired feedback (TRL's KTO layout): each prompt with one response, an answer labelled desirable or a refusal labelled undesirable, alternately."
+    d.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": f"What is {WORDS[i % 13]} plus {WORDS[(i * 5) % 13]}?",
+             "completion": f"The answer is {WORDS[(i * 3) % 13]}." if i % 2 == 0 else "I do not know.", "label": i % 2 == 0} for i in range(n_train + n_valid)]
+    (d/"train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n_train]))
+    (d/"valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n_train:]))
+    return d
+
+
+@pytest.fixture(scope="module")
+def unpaired(env):
+    "An uninterrupted 12-step KTO run on unpaired feedback (two epochs)."
+    env["feedback"] = write_feedback(env["root"]/"feedback")
+    t = Trainer(cfg(env, data=str(env["feedback"]), method="kto", run_name="kto-unpaired"), callbacks=QUIET())
+    t.fit()
+    return t
+
+
+def test_unpaired_kto_learns_and_logs(env, unpaired):
+    "KTO on responses labelled true or false: it starts at loss 1/2 with every response on the reference point, and ends with the answers above it and the refusals below."
+    h, t = unpaired.history, unpaired
+    assert t.data.format == "feedback" and t.train_data.labels.tolist() == [True, False] * 12 and t.train_data.sides == 2
+    first, last = h["train"][0], h["train"][-1]
+    assert abs(first["train_loss"] - 0.5) < 1e-4 and first["train_accuracy"] == 0.5 and abs(first["train_kl"]) < 1e-4, first  # up to float rounding
+    assert last["train_loss"] < 0.5 * first["train_loss"], losses(h)  # measured 0.03 of 0.5
+    assert h["val"][-1]["val_accuracy"] >= 0.9 and h["val"][-1]["val_margin"] > 1, h["val"]
+    recs = read_metrics(t.run_dir/"metrics.jsonl")
+    assert {"train_accuracy", "train_margin", "train_kl"} <= set(next(r for r in recs if r["event"] == "train"))
+    assert {"val_accuracy", "val_margin", "val_kl"} <= set(next(r for r in recs if r["event"] == "val"))
+
+
+def test_unpaired_kto_resume_is_exact(env, unpaired):
+    "Stopped in the second epoch and resumed: the same losses and validation as the uninterrupted run."
+    c = cfg(env, data=str(env["feedback"]), method="kto", run_name="kto-resume")
+    a = Trainer(c, callbacks=QUIET() + [StopAt(8)])
+    a.fit()
+    assert a.step == 8 and a.stopped
+    h = Trainer(c, callbacks=QUIET()).fit(resume=True)
+    assert len(losses(h)) == 12 and max(abs(x - y) for x, y in zip(losses(h), losses(unpaired.history))) < 1e-5
+    for k in ("val_loss", "val_margin", "val_accuracy", "val_kl"):
+        assert max(abs(x[k] - y[k]) for x, y in zip(h["val"], unpaired.history["val"])) < 1e-4, k
+
+
+def test_unpaired_feedback_is_refused_by_pair_methods_and_evaluated(env, unpaired):
+    "DPO on unpaired feedback says to use KTO; `evaluate_run` on the KTO run scores the held-out responses and compares only with the desirable ones."
+    from finetune.evaluate import dataset_loss, evaluate_run
+    with pytest.raises(DataError) as e: Trainer(cfg(env, data=str(env["feedback"]), method="dpo", run_name="dpo-feedback"), callbacks=QUIET())
+    assert "single responses with a `label`" in e.value.message and "method kto" in e.value.hint
+    ev = evaluate_run(unpaired.run_dir, limit=None, max_tokens=4, save=False)
+    base, tuned = ev.summary["base"], ev.summary["tuned"]
+    assert abs(base["pref_loss"] - 0.5) < 1e-5 and base["pref_accuracy"] == 0.5 and abs(base["pref_margin"]) < 1e-4 and abs(base["kl"]) < 1e-4, base
+    assert tuned["pref_accuracy"] >= 0.9 and tuned["pref_loss"] < 0.25 and tuned["pref_margin"] > 1, tuned
+    assert abs(tuned["loss"] - dataset_loss(unpaired.model, unpaired.valid_data.responses(True), 4, 64)["loss"]) < 1e-4
+    assert len(ev.examples) == 4 and all(x["reference"].startswith("The answer is") for x in ev.examples)  # the refusals are no reference
