@@ -15,6 +15,14 @@ def seeded():
     import mlx.core as mx
     random.seed(0); np.random.seed(0); mx.random.seed(0)
 
+@pytest.fixture(scope="session")
+def follows():
+    "scripts/make_preference_data.py's check that an answer follows its instruction (about its form: capitals, one word...)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_preference_data", ROOT/"scripts"/"make_preference_data.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod.follows
+
 @pytest.fixture
 def ft_env(tmp_path):
     "Environment for running the real `ft` executable with a private FINETUNE_HOME."

@@ -4,26 +4,20 @@ the rejected one is the plain sentence the model gives when it ignores it).
 
 Sized for CI: six steps of four pairs, sequences under 64 tokens, twelve held-out pairs and twelve held-out prompts; one
 run, then only assertions. The session's FINETUNE_HOME (conftest.py) holds the imported model."""
-import importlib.util, json, time
+import json, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT/"examples"/"datasets"/"preference"
 
 
-def _follows():
-    "The data script's check that an answer follows its instruction."
-    spec = importlib.util.spec_from_file_location("make_preference_data", ROOT/"scripts"/"make_preference_data.py")
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    return mod.follows
 
-
-def test_dpo_raises_held_out_preference_accuracy_and_moves_generations(home, gguf_file, tmp_path):
+def test_dpo_raises_held_out_preference_accuracy_and_moves_generations(home, gguf_file, follows, tmp_path):
     from finetune.callbacks import Progress
     from finetune.config import load_config
     from finetune.generate import generate_batch
     from finetune.train import Trainer, validation_metrics
-    follows, tic = _follows(), time.perf_counter()
+    tic = time.perf_counter()
     test = [json.loads(line) for line in (DATA/"test.jsonl").read_text().splitlines()]
     cfg = load_config(model="smollm2-135m", data=str(DATA), method="dpo", beta=0.1, learning_rate=1.5e-4, lr_schedule="constant",
                       batch_size=4, max_seq_length=64, iters=6, eval_every=6, save_every=6, eval_batches=3, lora_rank=8, lora_alpha=16,

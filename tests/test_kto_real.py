@@ -3,17 +3,12 @@ examples/datasets/preference rewritten as single responses labelled desirable or
 with one response only: the answer that follows the instruction about its form (true), or the plain one (false).
 
 Sized for CI like tests/test_dpo_real.py: six steps of four responses, sequences under 64 tokens."""
-import importlib.util, json, time
+import json, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT/"examples"/"datasets"/"preference"
 
-
-def _follows():
-    spec = importlib.util.spec_from_file_location("make_preference_data", ROOT/"scripts"/"make_preference_data.py")
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    return mod.follows
 
 
 def unpaired(split: str) -> list:
@@ -22,12 +17,12 @@ def unpaired(split: str) -> list:
     return [{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 == 0 else r["rejected"], "label": i % 2 == 0} for i, r in enumerate(rows)]
 
 
-def test_kto_on_unpaired_feedback_moves_the_labels_apart_and_generations(home, gguf_file, tmp_path):
+def test_kto_on_unpaired_feedback_moves_the_labels_apart_and_generations(home, gguf_file, follows, tmp_path):
     from finetune.callbacks import Progress
     from finetune.config import load_config
     from finetune.generate import generate_batch
     from finetune.train import Trainer, validation_metrics
-    follows, tic = _follows(), time.perf_counter()
+    tic = time.perf_counter()
     d = tmp_path/"feedback"; d.mkdir()
     for split in ("train", "valid"): (d/f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unpaired(split)))
     test = [json.loads(line) for line in (DATA/"test.jsonl").read_text().splitlines()]
