@@ -510,8 +510,8 @@ def paired_steps(config:dict, steps:int=6, bits:int=4) -> dict:
         runs[kind] = (m, opt, *make_step(m, opt, max_grad_norm=c.max_grad_norm))
     batches = list(iterate_batches(prepare_data(c, tok, quiet=True).train, c.batch_size, c.max_seq_length, seed=c.seed))[:steps + 1]
     times = {k: [] for k in runs}
-    from finetune.kernels import fast_kernels
-    with fast_kernels(runs["lora"][0]):  # as the trainer runs on the CPU
+    from finetune.kernels import fast_kernels, shared_lora
+    with fast_kernels(runs["lora"][0]), shared_lora(runs["qlora"][0]):  # as the trainer runs on the CPU, for both models
         for i, b in enumerate(batches):
             for k in (("lora", "qlora") if i % 2 else ("qlora", "lora")):  # who goes first alternates
                 m, opt, micro, update = runs[k]

@@ -248,7 +248,7 @@ def _admit(self:Engine, g:Generation):
         if not g.ids: raise DataError("The prompt is empty.", hint="Send at least one token of prompt.")
         if g.key not in self.groups:
             self.groups[g.key] = gr = _Group(self._batch(model, tok), tok)
-            gr.kernels.enter_context(fast_kernels(model, swiglu=False))  # on the CPU: the attention measured faster on this machine (see `finetune.kernels`)
+            gr.kernels.enter_context(fast_kernels(model, swiglu=False, lora=False))  # on the CPU: the attention measured faster on this machine (see `finetune.kernels`)
         gr = self.groups[g.key]
         cache, rest = self._cached(g.key, g.ids)
         g.uid = gr.gen.insert([rest], [g.max_tokens], caches=[cache], all_tokens=[g.ids[:len(g.ids) - len(rest)]], samplers=[g.sampler])[0]

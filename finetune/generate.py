@@ -116,7 +116,7 @@ def stream(model, tokenizer, prompt,   # A model and tokenizer (see `load`); a p
     if seed is not None: mx.random.seed(seed)
     training, text, sent = model.training, "", 0
     model.eval()
-    kernels = fast_kernels(model, swiglu=False)  # on the CPU: the attention measured faster on this machine (see `finetune.kernels`)
+    kernels = fast_kernels(model, swiglu=False, lora=False)  # on the CPU: the attention measured faster on this machine (see `finetune.kernels`)
     kernels.__enter__()
     try:
         for r in stream_generate(model, tokenizer, ids, max_tokens=max_tokens, sampler=sampler):

@@ -6,16 +6,17 @@ Docs: https://finetune-dev.github.io/finetune/kernels.html.md"""
 
 # %% ../nbs/02d_kernels.ipynb #1cc2b783
 from __future__ import annotations
-import functools, math, os, sys, threading, time
-from contextlib import contextmanager
+import functools, itertools, math, os, sys, threading, time
+from contextlib import ExitStack, contextmanager
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import activations, base
+from mlx_lm.tuner.lora import LoRALinear
 
 # %% auto #0
-__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'DECODE_ROWS', 'fast_exp', 'native_kernels', 'fast_swiglu', 'fast_softmax',
+__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'DECODE_ROWS', 'SHARED_INPUTS', 'fast_exp', 'native_kernels', 'fast_swiglu', 'fast_softmax',
            'fast_cross_entropy', 'grouped_attention', 'one_token_fast', 'fast_attention', 'decode_rms_norm',
-           'decode_rope', 'kernels_wanted', 'fast_kernels']
+           'decode_rope', 'lora_groups', 'shared_lora', 'kernels_wanted', 'fast_kernels']
 
 # %% ../nbs/02d_kernels.ipynb #d5600e33
 LN2 = math.log(2)
@@ -168,6 +169,61 @@ def decode_rope(x:mx.array, dims:int, *, traditional:bool, base, scale:float, of
     f = _rope_compiled(dims, traditional, None if freqs is not None else base, scale, freqs is not None)
     return f(x, o) if freqs is None else f(x, o, freqs)
 
+# %% ../nbs/02d_kernels.ipynb #effb7c5e
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("wq", "wk", "wv"), ("w1", "w3"))  # siblings a block feeds one input
+
+class _SharedA:
+    "LoRA layers that read one input: the first call computes `x @ [A_1 ... A_n]`, each layer takes its columns."
+    def __init__(self, members:list):
+        self.members, self.local = members, threading.local()  # a product traced on one thread is no other thread's
+        ends = list(itertools.accumulate(m.lora_a.shape[1] for m in members))
+        self.cols = {id(m): (e - m.lora_a.shape[1], e) for m, e in zip(members, ends)}
+
+    def z(self, m, x:mx.array) -> mx.array:
+        "`x @ m.lora_a`, from the group's product when `x` and the `A`s are those of the last one."
+        As = [p.lora_a for p in self.members]
+        memo = getattr(self.local, "memo", None)
+        if memo is None or memo[0] is not x or any(a is not b for a, b in zip(memo[1], As)):
+            memo = self.local.memo = [x, As, x @ mx.concatenate(As, axis=1), 0]
+        memo[3] += 1
+        if memo[3] == len(self.members): self.local.memo = None  # every layer took its columns: hold no arrays past the block
+        a, b = self.cols[id(m)]
+        return memo[2][..., a:b]
+
+class _GroupedLoRA(LoRALinear):
+    "mlx-lm's `LoRALinear` in a `_SharedA` group: the same output, its input product shared and its addition one `addmm`."
+    def __call__(self, x):
+        y, z = self.linear(x), self._shared.z(self, x)
+        if y.dtype == z.dtype == self.lora_b.dtype: return mx.addmm(y, z, self.lora_b, alpha=self.scale)
+        return y + (self.scale * (z @ self.lora_b)).astype(x.dtype)
+
+_lora_lock = threading.Lock()  # one user at a time regroups a model
+
+def _groupable(m) -> bool: return type(m) is LoRALinear and getattr(m.dropout, "_p_1", 0.0) == 1.0  # no dropout: one x for all
+
+def lora_groups(model) -> list[list]:
+    "Lists of sibling LoRA layers (`SHARED_INPUTS`) that read the same input, two or more with the same input size."
+    out = []
+    for _, parent in model.named_modules():
+        for names in SHARED_INPUTS:
+            ms = [parent[n] for n in names if n in parent and _groupable(parent[n])]
+            if len(ms) > 1 and len({m.lora_a.shape[0] for m in ms}) == 1: out.append(ms)
+    return out
+
+@contextmanager
+def shared_lora(model, enabled:bool=True):
+    "Within the block, `model`'s groups of LoRA layers that read one input (`lora_groups`) share their input product; the groups."
+    with _lora_lock:
+        groups = lora_groups(model) if enabled else []
+        for ms in groups:
+            shared = _SharedA(ms)
+            for m in ms: m.__class__, m._shared = _GroupedLoRA, shared
+    try: yield groups
+    finally:
+        with _lora_lock:
+            for m in itertools.chain.from_iterable(groups): m.__class__ = LoRALinear; del m._shared
+
+
 # %% ../nbs/02d_kernels.ipynb #743f9f43
 _lock, _active = threading.Lock(), {}  # (module name, function name) -> how many users have the fast one in place now
 _KERNELS = {"swiglu": (activations.swiglu, fast_swiglu), "scaled_dot_product_attention": (base.scaled_dot_product_attention, fast_attention),
@@ -190,12 +246,14 @@ def _heads(model) -> tuple|None:
 def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
                  swiglu:bool=True,              # Put `fast_swiglu` in place of `swiglu`
                  attention:bool=True,           # Put `fast_attention` in place of `scaled_dot_product_attention`
-                 decode:bool=True):             # Put `decode_rms_norm` and `decode_rope` in place of `mx.fast`'s
+                 decode:bool=True,              # Put `decode_rms_norm` and `decode_rope` in place of `mx.fast`'s
+                 lora:bool=True):               # Share the input product of LoRA layers that read one input (`shared_lora`)
     "Within the block, `model`'s blocks use the fast kernels where their mlx-lm modules call mlx-lm's; the names of those modules."
     enabled = kernels_wanted() if enabled is None else enabled
     which = [f for f, on in (("swiglu", swiglu), ("scaled_dot_product_attention", attention)) if on]
     mods = {type(m).__module__ for _, m in model.named_modules()} if enabled else set()
     where = lambda n: mx.fast if n == _FAST else sys.modules.get(n)  # noqa: E731
+    stack = ExitStack()
     with _lock:
         keys = [(n, f) for n in mods for f in which if getattr(sys.modules.get(n), f, None) in _KERNELS[f]]
         keys += [(_FAST, f) for f in ("rms_norm", "rope") if enabled and decode and getattr(mx.fast, f) in _KERNELS[f]]
@@ -203,9 +261,11 @@ def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
             _active[n, f] = _active.get((n, f), 0) + 1
             setattr(where(n), f, _KERNELS[f][1])
     try:
+        stack.enter_context(shared_lora(model, enabled and lora))
         if any(f == "scaled_dot_product_attention" for _, f in keys) and (heads := _heads(model)): one_token_fast(*heads)  # here, outside any compiled step
         yield sorted({n for n, _ in keys if n != _FAST})
     finally:
+        stack.close()
         with _lock:
             for n, f in keys:
                 _active[n, f] -= 1
