@@ -7,7 +7,7 @@ Docs: https://finetune-dev.github.io/finetune/kernels.html.md"""
 # %% ../nbs/02d_kernels.ipynb #1cc2b783
 from __future__ import annotations
 import functools, itertools, math, os, sys, threading, time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import activations, base
@@ -253,7 +253,6 @@ def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
     which = [f for f, on in (("swiglu", swiglu), ("scaled_dot_product_attention", attention)) if on]
     mods = {type(m).__module__ for _, m in model.named_modules()} if enabled else set()
     where = lambda n: mx.fast if n == _FAST else sys.modules.get(n)  # noqa: E731
-    stack = ExitStack()
     with _lock:
         keys = [(n, f) for n in mods for f in which if getattr(sys.modules.get(n), f, None) in _KERNELS[f]]
         keys += [(_FAST, f) for f in ("rms_norm", "rope") if enabled and decode and getattr(mx.fast, f) in _KERNELS[f]]
@@ -261,11 +260,10 @@ def fast_kernels(model, enabled:bool|None=None, # None: `kernels_wanted()`
             _active[n, f] = _active.get((n, f), 0) + 1
             setattr(where(n), f, _KERNELS[f][1])
     try:
-        stack.enter_context(shared_lora(model, enabled and lora))
-        if any(f == "scaled_dot_product_attention" for _, f in keys) and (heads := _heads(model)): one_token_fast(*heads)  # here, outside any compiled step
-        yield sorted({n for n, _ in keys if n != _FAST})
+        with shared_lora(model, enabled and lora):
+            if any(f == "scaled_dot_product_attention" for _, f in keys) and (heads := _heads(model)): one_token_fast(*heads)  # here, outside any compiled step
+            yield sorted({n for n, _ in keys if n != _FAST})
     finally:
-        stack.close()
         with _lock:
             for n, f in keys:
                 _active[n, f] -= 1
