@@ -14,9 +14,10 @@ from mlx_lm.models import activations, base
 from mlx_lm.tuner.lora import LoRALinear
 
 # %% auto #0
-__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'DECODE_ROWS', 'SHARED_INPUTS', 'fast_exp', 'native_kernels', 'fast_swiglu', 'fast_softmax',
-           'fast_cross_entropy', 'grouped_attention', 'one_token_fast', 'fast_attention', 'decode_rms_norm',
-           'decode_rope', 'lora_groups', 'shared_lora', 'kernels_wanted', 'fast_kernels']
+__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'CAUSAL_BLOCK', 'CAUSAL_BLOCK_THREADED', 'CAUSAL_MIN_THREADED', 'DECODE_ROWS',
+           'SHARED_INPUTS', 'fast_exp', 'native_kernels', 'fast_swiglu', 'fast_softmax', 'fast_cross_entropy',
+           'grouped_attention', 'one_token_fast', 'causal_block', 'causal_attention', 'fast_attention',
+           'decode_rms_norm', 'decode_rope', 'lora_groups', 'shared_lora', 'kernels_wanted', 'fast_kernels']
 
 # %% ../nbs/02d_kernels.ipynb #d5600e33
 LN2 = math.log(2)
@@ -137,12 +138,78 @@ def one_token_fast(heads:int, kv_heads:int, head_dim:int, keys:int=256) -> bool:
         _one_token[shape] = cost[grouped_attention] < cost[base.scaled_dot_product_attention]
     return _one_token[shape]
 
-def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
-    "mlx-lm's `scaled_dot_product_attention`, faster on the CPU: `grouped_attention`, or MLX's own for one new token where `one_token_fast` found it faster."
+
+# %% ../nbs/02d_kernels.ipynb #80bc9d02
+CAUSAL_BLOCK = 128  # query rows a block takes on one BLAS thread, and the shortest rows it is used for
+CAUSAL_BLOCK_THREADED, CAUSAL_MIN_THREADED = 384, 512  # with more threads: rows a block takes, and the shortest rows
+
+def causal_block(length:int, threads:int|None=None) -> int|None:
+    "Query rows a block of `causal_attention` takes for causal rows of `length` tokens with the BLAS on `threads` (now: `finetune.blas_threads()`), or None where the whole-matrix form is faster."
+    if threads is None:
+        import finetune
+        threads = finetune.blas_threads()
+    if threads == 1: return CAUSAL_BLOCK if length >= CAUSAL_BLOCK else None
+    return CAUSAL_BLOCK_THREADED if length >= CAUSAL_MIN_THREADED else None
+
+def _blocks(n:int, block:int) -> list: return [(a, min(a + block, n)) for a in range(0, n, block)]
+
+def _block_scores(q, k, a:int, b:int):
+    "Scores of query rows a..b (`q`: batch, key heads, group, length, dim; scaled) on keys 0..b, future keys at the lowest float."
+    B, KV, r, _, D = q.shape
+    s = (q[:, :, :, a:b].reshape(B, KV, r * (b - a), D) @ k[:, :, :b].swapaxes(-1, -2)).reshape(B, KV, r, b - a, b)
+    return mx.where(mx.arange(a, b)[:, None] >= mx.arange(b)[None], s, mx.finfo(s.dtype).min)
+
+@functools.lru_cache(maxsize=None)
+def _causal(block:int):
+    "The custom function behind `causal_attention` for blocks of `block` query rows: outputs and each row's log-sum-exp."
+    @mx.custom_function
+    def attend(q, k, v):
+        B, KV, r, L, D = q.shape
+        outs, lses = [], []
+        for a, b in _blocks(L, block):
+            s = _block_scores(q, k, a, b)
+            m = s.max(-1, keepdims=True)
+            e = _exp32(s - m)
+            total = e.sum(-1, keepdims=True)
+            outs.append((e.reshape(B, KV, r * (b - a), b) @ v[:, :, :b]).reshape(B, KV, r, b - a, -1) / total)
+            lses.append(m + mx.log(total))
+        return mx.concatenate(outs, axis=3), mx.concatenate(lses, axis=3)
+
+    @attend.vjp
+    def attend_vjp(primals, cotangents, outputs):
+        q, k, v = primals
+        (do, _), (o, lse) = cotangents, outputs
+        B, KV, r, L, D = q.shape
+        delta = (do * o).sum(-1, keepdims=True)  # each row's sum of dP * P, from the outputs
+        dq, dk, dv = [], mx.zeros_like(k), mx.zeros_like(v)
+        for a, b in _blocks(L, block):
+            p = _exp32(_block_scores(q, k, a, b) - lse[:, :, :, a:b])  # the probabilities again, from the scores
+            do_b = do[:, :, :, a:b].reshape(B, KV, r * (b - a), -1)
+            dp = (do_b @ v[:, :, :b].swapaxes(-1, -2)).reshape(p.shape)
+            ds = (p * (dp - delta[:, :, :, a:b])).reshape(B, KV, r * (b - a), b)
+            dq.append((ds @ k[:, :, :b]).reshape(B, KV, r, b - a, D))
+            rest = [(0, 0), (0, 0), (0, L - b), (0, 0)]  # keys after the block: no gradient from it
+            dk = dk + mx.pad(ds.swapaxes(-1, -2) @ q[:, :, :, a:b].reshape(B, KV, r * (b - a), D), rest)
+            dv = dv + mx.pad(p.reshape(B, KV, r * (b - a), b).swapaxes(-1, -2) @ do_b, rest)
+        return mx.concatenate(dq, axis=3), dk, dv
+    return attend
+
+def causal_attention(queries, keys, values, scale:float=1.0, block:int=CAUSAL_BLOCK):
+    "`grouped_attention` with mask `'causal'` on keys as long as the queries (no cache), in blocks of `block` query rows: each against the keys up to its end, and the backward pass from each row's log-sum-exp."
     B, H, L, D = queries.shape
+    KV = keys.shape[1]
+    if keys.shape[2] != L: raise ValueError(f"causal_attention needs as many keys as queries (got {keys.shape[2]} keys for {L} queries): call grouped_attention.")
+    out, _ = _causal(block)((queries * scale).reshape(B, KV, H // KV, L, D), keys, values)
+    return out.reshape(B, H, L, -1)
+
+def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
+    "mlx-lm's `scaled_dot_product_attention`, faster on the CPU: `causal_attention` for long causal rows where `causal_block` says, `grouped_attention`, or MLX's own for one new token where `one_token_fast` found it faster."
+    B, H, L, D = queries.shape
+    if (cache is None and sinks is None and isinstance(mask, str) and mask == "causal" and L > 1 and keys.shape[2] == L
+            and queries.dtype == mx.float32 and (block := causal_block(L))):
+        return causal_attention(queries, keys, values, scale, block)  # a training or evaluation row: in blocks where that is faster
     mlx = sinks is not None or hasattr(cache, "bits") or (L == 1 and not _one_token.get((H, keys.shape[1], D), False))  # a quantized cache's keys are a tuple
     return (base.scaled_dot_product_attention if mlx else grouped_attention)(queries, keys, values, cache, scale, mask, sinks)
-
 
 # %% ../nbs/02d_kernels.ipynb #eeea7788
 DECODE_ROWS = 16  # inputs with at most this many rows count as a decoding step's

@@ -14,7 +14,7 @@ os.environ["PATH"] = sys.argv[2] + os.pathsep + os.environ["PATH"]  # this run's
 finetune.cpu_state["native"] = True  # the same kernels in every run: only the compiler's flags differ
 import mlx.core as mx, numpy as np
 from mlx.utils import tree_flatten
-from finetune.kernels import fast_softmax, fast_swiglu, fast_cross_entropy, grouped_attention
+from finetune.kernels import fast_softmax, fast_swiglu, fast_cross_entropy, grouped_attention, causal_attention
 mx.random.seed(0)
 s = mx.random.normal((2, 3, 50, 50)) * 30
 g, u = mx.random.normal((4, 100, 64)) * 8, mx.random.normal((4, 100, 64))
@@ -25,6 +25,7 @@ outs = dict(
     swiglu=mx.compile(mx.value_and_grad(lambda g, u: (fast_swiglu(g, u) ** 2).sum(), argnums=(0, 1)))(g, u),
     cross_entropy=mx.compile(mx.value_and_grad(lambda z: fast_cross_entropy(z, t).sum()))(z),
     attention=mx.compile(mx.value_and_grad(lambda q: grouped_attention(q, k, v, None, 0.25, "causal").sum()))(q),
+    causal=mx.compile(mx.value_and_grad(lambda q, k, v: (causal_attention(q, k, v, 0.25, 16) * mx.cos(q)).sum(), argnums=(0, 1, 2)))(q, k, v),
     norm=mx.compile(mx.value_and_grad(lambda g: (g * mx.rsqrt((g * g).mean(-1, keepdims=True) + 1e-5)).sum()))(g))
 np.savez(sys.argv[1], **{f"{n}{i}": np.array(a) for n, o in outs.items() for i, (_, a) in enumerate(tree_flatten(o))})
 '''
