@@ -7,8 +7,8 @@ Docs: https://finetune-dev.github.io/finetune/blas.html.md"""
 
 # %% auto #0
 __all__ = ['BLAS_ENV', 'OFF', 'blas_state', 'CPU_ENV', 'cpu_state', 'M_TRIM_THRESHOLD', 'M_TOP_PAD', 'M_MMAP_MAX', 'M_ARENA_MAX',
-           'JIT_FLAGS', 'candidates', 'load_blas', 'blas_threads', 'tune_malloc', 'jit_wrapper', 'mlx_kernel_dir',
-           'clear_kernels', 'jit_native', 'tune_cpu']
+           'BFS_ENV', 'CPU_BFS_WIDTH', 'JIT_FLAGS', 'candidates', 'load_blas', 'blas_threads', 'tune_malloc',
+           'tune_schedule', 'jit_wrapper', 'mlx_kernel_dir', 'clear_kernels', 'jit_native', 'tune_cpu']
 
 # %% ../nbs/02a_blas.ipynb #7be428b8
 import ctypes, ctypes.util, os, site, sys
@@ -88,7 +88,7 @@ def blas_threads(n:int|None=None) -> int|None:
 
 # %% ../nbs/02a_blas.ipynb #22285c4d
 CPU_ENV = "FINETUNE_CPU_TUNING"
-cpu_state = dict(malloc="not attempted", jit="not attempted", native=False)  # native: MLX's fused kernels get -march=native
+cpu_state = dict(malloc="not attempted", jit="not attempted", schedule="not attempted", native=False)  # native: MLX's fused kernels get -march=native
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8  # glibc's mallopt parameters (malloc.h)
 
 def _tuning_off() -> bool: return os.environ.get(CPU_ENV, "auto").strip().lower() in OFF
@@ -101,6 +101,18 @@ def tune_malloc(keep_gb:float=1.0) -> str:
     settings = ((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, int(keep_gb * 2**30)), (M_TOP_PAD, 64 << 20))
     if not all(mallopt(k, v) == 1 for k, v in settings): return "glibc refused the settings: left alone"
     return f"large buffers from the main heap, up to {keep_gb:g} GiB kept for reuse"
+
+BFS_ENV = "MLX_BFS_MAX_WIDTH"  # how wide MLX orders an evaluation's operations breadth first before it goes depth first (MLX's default: 20)
+CPU_BFS_WIDTH = 1 << 20  # on the CPU: no limit that a training step reaches
+
+def tune_schedule(width:int=CPU_BFS_WIDTH) -> str:
+    "Where MLX computes on the CPU, have it order each evaluation breadth first up to `width` (`MLX_BFS_MAX_WIDTH`), so that the parts of a batch on their own streams run at once; what was done."
+    if v := os.environ.get(BFS_ENV, "").strip(): return f"{BFS_ENV}={v} as set"
+    import mlx.core as mx  # the BLAS is loaded by now
+    if mx.default_device() != mx.cpu: return f"not needed ({mx.default_device()}: MLX's width keeps its memory in check)"
+    os.environ[BFS_ENV] = str(width)  # MLX reads it at its first evaluation
+    return f"evaluations ordered breadth first ({BFS_ENV}={width}): a batch's parts on their own streams run at once"
+
 
 
 # %% ../nbs/02a_blas.ipynb #ca323d5e
@@ -161,10 +173,10 @@ def jit_native(folder=None) -> str:
     return f"MLX's fused kernels compiled with -march=native, vectorised ({exe})" + (f"; {cleared} compiled before cleared" if cleared else "")
 
 def tune_cpu() -> dict:
-    "`tune_malloc` and `jit_native` once, unless FINETUNE_CPU_TUNING=off; `cpu_state`."
+    "`tune_malloc`, `jit_native` and `tune_schedule` once, unless FINETUNE_CPU_TUNING=off; `cpu_state`."
     if cpu_state["malloc"] != "not attempted": return cpu_state
-    if _tuning_off(): cpu_state.update(malloc=f"off ({CPU_ENV})", jit=f"off ({CPU_ENV})"); return cpu_state
-    cpu_state.update(malloc=tune_malloc(), jit=jit_native())
+    if _tuning_off(): cpu_state.update(malloc=f"off ({CPU_ENV})", jit=f"off ({CPU_ENV})", schedule=f"off ({CPU_ENV})"); return cpu_state
+    cpu_state.update(malloc=tune_malloc(), jit=jit_native(), schedule=tune_schedule())
     cpu_state["native"] = cpu_state["jit"].startswith("MLX's fused kernels compiled")
     return cpu_state
 

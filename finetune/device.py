@@ -108,7 +108,7 @@ def format_report(r:dict) -> str:
              ("BLAS", r["blas"] + (f" [{r['blas_path']}]" if r["blas_path"] else "") +
                       (f", matmul {r['matmul_gflops']:.1f} GFLOP/s (float32, 1024x1024)" if r["matmul_gflops"] else ""))]
     if (t := r.get("cpu_tuning")) and t.get("malloc") not in (None, "not needed"):
-        lines.append(("CPU", f"memory: {t['malloc']}; kernels: {t['jit']}"))
+        lines.append(("CPU", f"memory: {t['malloc']}; kernels: {t['jit']}" + (f"; schedule: {t['schedule']}" if t.get("schedule") else "")))
     if r.get("native"): lines.append(("quantized", f"generation kernel: {r['native']}"))
     return "\n".join(f"{k:<9} {v}" for k, v in lines)
 

@@ -147,8 +147,8 @@ def make_step(model, optimizer, loss=batch_loss, max_grad_norm:float|None=None, 
 
 # %% ../nbs/05_train.ipynb #ddaef510
 STREAMS_ENV = "FINETUNE_CPU_STREAMS"
-SPLIT_MIN_POSITIONS = 256  # smaller batches stay whole
-SPLIT_MIN_POSITIONS_QUANTIZED = 2048  # on a quantized base (each part dequantizes every weight again)
+SPLIT_MIN_POSITIONS = 64  # smaller batches stay whole
+SPLIT_MIN_POSITIONS_QUANTIZED = 256  # on a quantized base (each part dequantizes every weight again)
 AUTO_STREAMS = 8  # the most parts by default (measured on 2 cores; more cores may gain from more, through FINETUNE_CPU_STREAMS)
 _streams = threading.local()  # CPU streams by thread: MLX lets a thread use only the streams it made
 
