@@ -785,7 +785,7 @@ def markdown(res:dict) -> str:
                      f"took {r['liveplot_time_share']:.2%} of the training time")
     if r.get("cpu_settings_gain"):
         lines.append(f"- every worker imports finetune first, so every row but 'CPU settings off' and 'bundled BLAS' runs with its CPU "
-                     f"settings (glibc keeps large buffers in the heap; MLX's fused kernels compiled for this machine, vectorised) as well as its "
+                     f"settings (glibc keeps large buffers in the heap; MLX's fused kernels compiled for this machine, vectorised; MLX's evaluation order unlimited in width, so that a batch's parts run at once) as well as its "
                      f"BLAS; finetune without them: "
                      f"{res['systems']['finetune_untuned']['useful_tokens_per_sec']:.0f} useful tok/s against "
                      f"{res['systems']['finetune']['reps'][0]['useful_tokens_per_sec']:.0f} with them at the same seed, so they make it "

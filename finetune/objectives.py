@@ -126,6 +126,7 @@ class Reference:
 class Objective:
     "What a run minimises: `loss(model, batch)` inside the compiled step, `prepare(model, batch, source)` before it, without gradients."
     name, paired = "sft", False  # whether it trains on preference pairs
+    whole_batch = False  # whether the loss needs the whole batch at once (not a sum over its rows): then the trainer never splits one into parts
     def setup(self, model, fresh_adapters:bool=False):
         "Called by the trainer once, before any weight changes (`fresh_adapters`: the adapters were attached just now)."
     def check(self, ds, what:str="the training data"):
@@ -228,6 +229,7 @@ class DPO(Preference):
 class KTO(Preference):
     "Kahneman-Tversky optimisation with the frozen reference: on pairs each side against a reference point; on unpaired responses labelled desirable or not (`FeedbackDataset`), each against the KL estimate of mismatched sequences."
     name, uses_reference, unpaired = "kto", True, True
+    whole_batch = True  # the reference point z is a mean over the batch: parts would each have their own
     def __init__(self, beta:float=0.1, desirable_weight:float=1.0, undesirable_weight:float=1.0):
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
     def pair_losses(self, c, r, rc, rr): return kto_losses(c, r, rc, rr, self.beta, self.desirable_weight, self.undesirable_weight)

@@ -176,10 +176,13 @@ def stream_pool(n:int) -> list:
     while len(pool) < n: pool.append(mx.new_stream(mx.cpu))
     return pool[:n]
 
-def micro_parts(micro, parts:list, acc=None, prepare=None):
-    "`micro`'s sums (`make_step`) over the batches `parts`, added to `acc`: more than one, each on a CPU stream of its own, at once."
+def micro_parts(micro, parts:list, acc=None, prepare=None, serial:bool=False):
+    "`micro`'s sums (`make_step`) over the batches `parts`, added to `acc`: more than one, each on a CPU stream of its own, at once; `serial`: one after another."
     prepare = prepare or (lambda b: b)
     if len(parts) == 1: return micro(prepare(parts[0]), acc)
+    if serial:  # each part evaluated before the next: one part's activations alive at a time
+        for p in parts: acc = micro(prepare(p), acc); mx.eval(acc)
+        return acc
     for s, p in zip(stream_pool(len(parts)), parts):
         with mx.stream(s): out = micro(prepare(p), None)
         acc = out if acc is None else tree_map(mx.add, acc, out)  # on the default stream, once both are done
@@ -209,7 +212,7 @@ def loss_sums(model, ds, batch_size:int, max_seq_length:int, pack:bool=False, nu
     "The objective's loss x weight, weight and metric sums over (the first `num_batches` batches of) `ds`, dropout off, added across processes; `sums`: a `make_eval` to reuse; `parts`: default `cpu_streams()`."
     objective = objective or SFT()
     sums = sums or make_eval(model, objective.loss)
-    parts, split_min = cpu_streams() if parts is None else parts, split_min_positions(model)
+    parts, split_min = 1 if objective.whole_batch else cpu_streams() if parts is None else parts, split_min_positions(model)
     training = model.training
     model.eval()
     acc = None
@@ -345,7 +348,7 @@ def _setup(self:Trainer, resume=None):
     self._state = [m.state, self.optimizer.state, mx.random.state]
     self._micro, self._update = make_step(m, self.optimizer, self.objective.loss, c.max_grad_norm, self.world_size > 1)
     self._eval = make_eval(m, self.objective.loss)  # the run's validations share its traces
-    self.parts, self.split_min = cpu_streams(), split_min_positions(m)
+    self.parts, self.split_min = 1 if self.objective.whole_batch else cpu_streams(), split_min_positions(m)
 
 @patch
 def _check_fresh(self:Trainer):
@@ -429,9 +432,10 @@ def _one_step(self:Trainer, group) -> dict:
     mx.random.seed(_step_seed(self.config.seed, self.step))
     acc = None
     parts = [split_batch(self.train_data, b, self.config.max_seq_length, self.parts if b.n_padded >= self.split_min else 1) for b in group]
-    with blas_share(max(map(len, parts))):
+    serial = self.config.grad_checkpoint  # memory first: the parts one after another (at once, their recomputed activations add up)
+    with blas_share(1 if serial else max(map(len, parts))):
         for ps in parts:
-            acc = micro_parts(self._micro, ps, acc, lambda b: self.objective.prepare(self.model, b, self.train_data))
+            acc = micro_parts(self._micro, ps, acc, lambda b: self.objective.prepare(self.model, b, self.train_data), serial=serial)
             if len(group) > 1: mx.eval(acc)
         loss, _, n, norm, extra = self._update(*acc)
         mx.eval(self._state, loss, n, norm, extra)

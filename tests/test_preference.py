@@ -276,6 +276,7 @@ def test_unpaired_kto_learns_and_logs(env, unpaired):
     "KTO on responses labelled true or false: it starts at loss 1/2 with every response on the reference point, and ends with the answers above it and the refusals below."
     h, t = unpaired.history, unpaired
     assert t.data.format == "feedback" and t.train_data.labels.tolist() == [True, False] * 12 and t.train_data.sides == 2
+    assert t.parts == 1  # its reference point is a mean over the whole batch: never split into parts (KTO.whole_batch)
     first, last = h["train"][0], h["train"][-1]
     assert abs(first["train_loss"] - 0.5) < 1e-4 and first["train_accuracy"] == 0.5 and abs(first["train_kl"]) < 1e-4, first  # up to float rounding
     assert last["train_loss"] < 0.5 * first["train_loss"], losses(h)  # measured 0.03 of 0.5
