@@ -14,10 +14,11 @@ from mlx_lm.models import activations, base
 from mlx_lm.tuner.lora import LoRALinear
 
 # %% auto #0
-__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'CAUSAL_BLOCK', 'CAUSAL_BLOCK_THREADED', 'CAUSAL_MIN_THREADED', 'DECODE_ROWS',
-           'SHARED_INPUTS', 'fast_exp', 'native_kernels', 'fast_swiglu', 'fast_softmax', 'fast_cross_entropy',
-           'grouped_attention', 'one_token_fast', 'causal_block', 'causal_attention', 'fast_attention',
-           'decode_rms_norm', 'decode_rope', 'lora_groups', 'shared_lora', 'kernels_wanted', 'fast_kernels']
+__all__ = ['LN2', 'LN2_HI', 'LN2_LO', 'CAUSAL_BLOCK', 'CAUSAL_BLOCK_THREADED', 'CAUSAL_MIN_THREADED', 'PREFILL_ROWS',
+           'PREFILL_SHAPES', 'DECODE_ROWS', 'SHARED_INPUTS', 'fast_exp', 'native_kernels', 'fast_swiglu',
+           'fast_softmax', 'fast_cross_entropy', 'grouped_attention', 'one_token_fast', 'causal_block',
+           'causal_attention', 'prefill_attention', 'fast_attention', 'decode_rms_norm', 'decode_rope', 'lora_groups',
+           'shared_lora', 'kernels_wanted', 'fast_kernels']
 
 # %% ../nbs/02d_kernels.ipynb #d5600e33
 LN2 = math.log(2)
@@ -202,9 +203,31 @@ def causal_attention(queries, keys, values, scale:float=1.0, block:int=CAUSAL_BL
     out, _ = _causal(block)((queries * scale).reshape(B, KV, H // KV, L, D), keys, values)
     return out.reshape(B, H, L, -1)
 
+PREFILL_ROWS, PREFILL_SHAPES = 16, 64  # a step with a cache and more query rows than this is a prompt's; compiled attentions kept (one per shape)
+
+@functools.lru_cache(maxsize=PREFILL_SHAPES)
+def _prefill(scale:float, block:int|None, mask:str|None, shapes:tuple):
+    "One compiled attention for a prompt's rows at `shapes`: a function per shape, so that the least recently used are dropped with their traces."
+    if block: return mx.compile(lambda q, k, v: causal_attention(q, k, v, scale, block))
+    if mask == "array": return mx.compile(lambda q, k, v, m: grouped_attention(q, k, v, None, scale, m))
+    return mx.compile(lambda q, k, v: grouped_attention(q, k, v, None, scale, mask))
+
+def prefill_attention(queries, keys, values, scale:float=1.0, mask=None):
+    "Attention of a prompt's rows on a cache's keys (forward only), compiled: `causal_attention` where the keys are the prompt's own and `causal_block` says, else `grouped_attention`; `mask`: None, 'causal' or an array."
+    L = queries.shape[2]
+    causal = isinstance(mask, str) and mask == "causal"
+    block = causal_block(L) if causal and keys.shape[2] == L and queries.dtype == mx.float32 else None
+    kind = "array" if isinstance(mask, mx.array) else mask
+    shapes = tuple((tuple(a.shape), a.dtype) for a in (queries, keys, values) + ((mask,) if kind == "array" else ()))
+    f = _prefill(float(scale), block, kind, shapes)
+    return f(queries, keys, values, mask) if kind == "array" else f(queries, keys, values)
+
 def fast_attention(queries, keys, values, cache=None, scale:float=1.0, mask=None, sinks=None):
-    "mlx-lm's `scaled_dot_product_attention`, faster on the CPU: `causal_attention` for long causal rows where `causal_block` says, `grouped_attention`, or MLX's own for one new token where `one_token_fast` found it faster."
+    "mlx-lm's `scaled_dot_product_attention`, faster on the CPU: `causal_attention` for long causal rows where `causal_block` says, `prefill_attention` for a prompt's rows on a cache, `grouped_attention`, or MLX's own for one new token where `one_token_fast` found it faster."
     B, H, L, D = queries.shape
+    if (cache is not None and L > PREFILL_ROWS and sinks is None and not hasattr(cache, "bits")
+            and (mask is None or isinstance(mask, mx.array) or (isinstance(mask, str) and mask == "causal"))):
+        return prefill_attention(queries, keys, values, scale, mask)  # a prompt's rows (generation, serving): compiled
     if (cache is None and sinks is None and isinstance(mask, str) and mask == "causal" and L > 1 and keys.shape[2] == L
             and queries.dtype == mx.float32 and (block := causal_block(L))):
         return causal_attention(queries, keys, values, scale, block)  # a training or evaluation row: in blocks where that is faster
