@@ -21,7 +21,8 @@ from .native import native_decoder, native_state
 from mlx_lm.models.cache import LRUPromptCache
 
 # %% auto #0
-__all__ = ['log', 'StopText', 'request_sampler', 'Generation', 'Engine', 'PromptProgress', 'TokenOut', 'NativeBatch']
+__all__ = ['log', 'MLX_PROMPT_ROWS', 'StopText', 'request_sampler', 'Generation', 'Engine', 'PromptProgress', 'TokenOut',
+           'NativeBatch']
 
 # %% ../nbs/12a_engine.ipynb #d9cff010
 class StopText:
@@ -234,7 +235,7 @@ def _batch(self:Engine, model, tok):
     nat = native_decoder(model) if self.native else None
     said = "decoding with " + (native_state.get("decoder", "?") if self.native else "mlx-lm's step (native=False)")
     if said not in self.said: self.said.add(said); log.info(said)  # once per engine and reason, not per request
-    if nat is not None: return NativeBatch(nat, tok.eos_token_ids, self.max_batch, self.prefill_chunk)
+    if nat is not None: return NativeBatch(nat, tok.eos_token_ids, self.max_batch, self.prefill_chunk, model=model)
     return BatchGenerator(model, stop_tokens=[[t] for t in tok.eos_token_ids], completion_batch_size=self.max_batch,
                           prefill_batch_size=self.prefill_batch, prefill_step_size=self.prefill_chunk, stream=self.stream)
 
@@ -365,11 +366,17 @@ class _Seq:
     def __init__(self, uid, ids, todo, max_tokens, sampler, cache):
         self.uid, self.ids, self.todo, self.max_tokens, self.sampler, self.cache = uid, ids, todo, max_tokens, sampler, cache
         self.cached, self.total, self.n, self.last = len(ids), len(ids) + len(todo), 0, None
+        self.mlx = None  # mlx-lm caches, while MLX reads its prompt (see `NativeBatch`)
+
+MLX_PROMPT_ROWS = 32  # prompt chunks of at least this many tokens are read by MLX where it has the float model (see `NativeBatch`)
+
+def _quantized(model) -> bool: return any(hasattr(m, "bits") and hasattr(m, "group_size") for _, m in model.named_modules())
 
 class NativeBatch:
-    "Continuous batching on the native decode step (`finetune.native.NativeLlama`): one call a step decodes a token for every running request and processes the next chunk of waiting prompts. What `Engine` asks of mlx-lm's `BatchGenerator`."
-    def __init__(self, native, stop_tokens, max_batch:int=16, prefill_chunk:int=256, threads:int|None=None):
+    "Continuous batching on the native decode step (`finetune.native.NativeLlama`): one call a step decodes a token for every running request and processes the next chunk of waiting prompts; given the float `model`, MLX reads prompt chunks of `mlx_rows` tokens or more. What `Engine` asks of mlx-lm's `BatchGenerator`."
+    def __init__(self, native, stop_tokens, max_batch:int=16, prefill_chunk:int=256, threads:int|None=None, model=None, mlx_rows:int=MLX_PROMPT_ROWS):
         self.native, self.stops, self.max_batch, self.prefill_chunk = native, set(stop_tokens), max_batch, prefill_chunk
+        self.model, self.mlx_rows = (model if model is not None and not _quantized(model) else None), mlx_rows
         self.threads = threads or max(1, min(8, os.cpu_count() or 1))
         self.seqs, self.waiting, self.uids = {}, collections.deque(), 0
 
@@ -387,6 +394,7 @@ class NativeBatch:
         "Sequence `s`'s keys and values as mlx-lm `KVCache`s (copies), one per layer."
         from mlx_lm.models.cache import KVCache
         out, n = [], len(s.ids)
+        if not n: return [KVCache() for _ in range(self.native.n_layers)]
         for l in range(self.native.n_layers):
             c = KVCache()
             c.keys, c.values, c.offset = mx.array(s.cache[l, 0, None, :, :n]), mx.array(s.cache[l, 1, None, :, :n]), n
@@ -417,8 +425,22 @@ class NativeBatch:
         lp = mx.array(row[None])
         return int(s.sampler(lp - mx.logsumexp(lp, axis=-1, keepdims=True)).item())
 
+    def _read(self, s, take:list):
+        "Read `take`, the next chunk of `s`'s prompt, with MLX (on mlx-lm caches kept while the prompt lasts), its keys and values copied into `s`'s native cache; the logits of its last row when it ends the prompt."
+        n, k, last = len(s.ids), len(take), len(take) == len(s.todo)
+        if s.mlx is None: s.mlx = self._to_mlx(s)
+        y = self.model(mx.array([take]), cache=s.mlx)
+        row = y[0, -1].astype(mx.float32) if last else None
+        mx.eval([c.state for c in s.mlx] + ([row] if last else []))  # the logits of the other rows are never computed
+        self._room(s, n + k)
+        for l, c in enumerate(s.mlx):
+            s.cache[l, 0, :, n:n + k] = np.asarray(c.keys[0, :, n:n + k].astype(mx.float32))
+            s.cache[l, 1, :, n:n + k] = np.asarray(c.values[0, :, n:n + k].astype(mx.float32))
+        if last: s.mlx = None
+        return np.asarray(row) if last else None
+
     def next(self) -> tuple[list, list]:
-        "One step: a token for every request past its prompt, and the next chunk of waiting prompts (at most `prefill_chunk` tokens in all)."
+        "One step: a token for every request past its prompt, and the next chunk of waiting prompts (at most `prefill_chunk` tokens in all; chunks of `mlx_rows` tokens or more read by MLX where it has the model)."
         while self.waiting and len(self.seqs) < self.max_batch:
             s = self.waiting.popleft()
             self.seqs[s.uid] = s
@@ -426,23 +448,29 @@ class NativeBatch:
         shares = self._shares([s for s in self.seqs.values() if s.last is None])
         pre = [(s, s.todo[:k]) for s, k in shares if k]
         if not dec and not pre: return [], []
-        tokens, slots, pos, want = [], [], [], []
+        by_mlx = {s.uid for s, take in pre if self.model is not None and len(take) >= self.mlx_rows}
+        nat = [(s, take) for s, take in pre if s.uid not in by_mlx]
+        tokens, slots, pos, want, rows = [], [], [], [], {}
         for i, s in enumerate(dec):
             self._room(s, len(s.ids) + 1)
             tokens.append(s.last); slots.append(i); pos.append(len(s.ids)); want.append(1)
-        for i, (s, take) in enumerate(pre, len(dec)):
+        for i, (s, take) in enumerate(nat, len(dec)):
             self._room(s, len(s.ids) + len(take))
             tokens += take; slots += [i] * len(take); pos += range(len(s.ids), len(s.ids) + len(take))
             want += [0] * (len(take) - 1) + [int(len(take) == len(s.todo))]
-        logits = self.native.step(tokens, slots, pos, [s.cache for s in dec] + [s.cache for s, _ in pre], want, self.threads)
-        prompts, out, rows = [], [], iter(logits)
+        if tokens:
+            logits = iter(self.native.step(tokens, slots, pos, [s.cache for s in dec] + [s.cache for s, _ in nat], want, self.threads))
+            rows |= {s.uid: next(logits) for s in dec}
+            rows |= {s.uid: next(logits) for s, take in nat if len(take) == len(s.todo)}
+        rows |= {s.uid: self._read(s, take) for s, take in pre if s.uid in by_mlx}
+        prompts, out = [], []
         for s in dec:
             s.ids.append(s.last)
-            out.append(self._emit(s, next(rows)))
+            out.append(self._emit(s, rows[s.uid]))
         for s, take in pre:
             s.ids += take; s.todo = s.todo[len(take):]
             prompts.append(PromptProgress(s.uid, (len(s.ids) - s.cached, s.total - s.cached)))
-            if not s.todo: out.append(self._emit(s, next(rows)))
+            if not s.todo: out.append(self._emit(s, rows[s.uid]))
         return prompts, out
 
     def _shares(self, waiting:list) -> list:
