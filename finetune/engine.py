@@ -436,7 +436,6 @@ class NativeBatch:
         for l, c in enumerate(s.mlx):
             s.cache[l, 0, :, n:n + k] = np.asarray(c.keys[0, :, n:n + k].astype(mx.float32))
             s.cache[l, 1, :, n:n + k] = np.asarray(c.values[0, :, n:n + k].astype(mx.float32))
-        if last: s.mlx = None
         return np.asarray(row) if last else None
 
     def next(self) -> tuple[list, list]:
@@ -456,6 +455,7 @@ class NativeBatch:
             tokens.append(s.last); slots.append(i); pos.append(len(s.ids)); want.append(1)
         for i, (s, take) in enumerate(nat, len(dec)):
             self._room(s, len(s.ids) + len(take))
+            s.mlx = None  # a chunk read here is not in its mlx-lm caches: a later chunk by MLX starts from the native cache again
             tokens += take; slots += [i] * len(take); pos += range(len(s.ids), len(s.ids) + len(take))
             want += [0] * (len(take) - 1) + [int(len(take) == len(s.todo))]
         if tokens:
@@ -470,7 +470,7 @@ class NativeBatch:
         for s, take in pre:
             s.ids += take; s.todo = s.todo[len(take):]
             prompts.append(PromptProgress(s.uid, (len(s.ids) - s.cached, s.total - s.cached)))
-            if not s.todo: out.append(self._emit(s, rows[s.uid]))
+            if not s.todo: s.mlx = None; out.append(self._emit(s, rows[s.uid]))
         return prompts, out
 
     def _shares(self, waiting:list) -> list:
