@@ -18,6 +18,7 @@ from .device import run_on_thread
 from .generate import Chunk, prompt_tokens
 from .kernels import fast_kernels
 from .native import native_decoder, native_state
+from .models import _is_quantized
 from mlx_lm.models.cache import LRUPromptCache
 
 # %% auto #0
@@ -370,13 +371,11 @@ class _Seq:
 
 MLX_PROMPT_ROWS = 32  # prompt chunks of at least this many tokens are read by MLX where it has the float model (see `NativeBatch`)
 
-def _quantized(model) -> bool: return any(hasattr(m, "bits") and hasattr(m, "group_size") for _, m in model.named_modules())
-
 class NativeBatch:
     "Continuous batching on the native decode step (`finetune.native.NativeLlama`): one call a step decodes a token for every running request and processes the next chunk of waiting prompts; given the float `model`, MLX reads prompt chunks of `mlx_rows` tokens or more. What `Engine` asks of mlx-lm's `BatchGenerator`."
     def __init__(self, native, stop_tokens, max_batch:int=16, prefill_chunk:int=256, threads:int|None=None, model=None, mlx_rows:int=MLX_PROMPT_ROWS):
         self.native, self.stops, self.max_batch, self.prefill_chunk = native, set(stop_tokens), max_batch, prefill_chunk
-        self.model, self.mlx_rows = (model if model is not None and not _quantized(model) else None), mlx_rows
+        self.model, self.mlx_rows = (model if model is not None and not _is_quantized(model) else None), mlx_rows
         self.threads = threads or max(1, min(8, os.cpu_count() or 1))
         self.seqs, self.waiting, self.uids = {}, collections.deque(), 0
 
@@ -385,10 +384,15 @@ class NativeBatch:
         from mlx_lm.models.cache import KVCache
         if not cache or len(cache) != self.native.n_layers or any(type(c) is not KVCache or c.offset != len(ids) for c in cache): return None
         kv = self.native.new_cache(max(64, 2 * len(ids)))
-        for l, c in enumerate(cache):
-            kv[l, 0, :, :c.offset] = np.asarray(c.keys[0, :, :c.offset].astype(mx.float32))
-            kv[l, 1, :, :c.offset] = np.asarray(c.values[0, :, :c.offset].astype(mx.float32))
+        self._put(kv, cache, 0, len(ids))
         return kv
+
+    @staticmethod
+    def _put(kv:np.ndarray, cache:list, a:int, b:int):
+        "Copy positions `a` to `b` of mlx-lm caches `cache` (one per layer) into native cache `kv`."
+        for l, c in enumerate(cache):
+            kv[l, 0, :, a:b] = np.asarray(c.keys[0, :, a:b].astype(mx.float32))
+            kv[l, 1, :, a:b] = np.asarray(c.values[0, :, a:b].astype(mx.float32))
 
     def _to_mlx(self, s) -> list:
         "Sequence `s`'s keys and values as mlx-lm `KVCache`s (copies), one per layer."
@@ -433,9 +437,7 @@ class NativeBatch:
         row = y[0, -1].astype(mx.float32) if last else None
         mx.eval([c.state for c in s.mlx] + ([row] if last else []))  # the logits of the other rows are never computed
         self._room(s, n + k)
-        for l, c in enumerate(s.mlx):
-            s.cache[l, 0, :, n:n + k] = np.asarray(c.keys[0, :, n:n + k].astype(mx.float32))
-            s.cache[l, 1, :, n:n + k] = np.asarray(c.values[0, :, n:n + k].astype(mx.float32))
+        self._put(s.cache, s.mlx, n, n + k)
         return np.asarray(row) if last else None
 
     def next(self) -> tuple[list, list]:
