@@ -248,7 +248,9 @@ def _run_mlx_lm(cfg:dict, out:dict, t0:float, cfg_path:str, loss=None, order:lis
                 seen.add(tuple(batch.shape))
             yield batch, lengths
     class Report(trainer.TrainingCallback):
-        def on_train_loss_report(self, info): _record(out, t0, *pending.pop(0), info["train_loss"])
+        def on_train_loss_report(self, info):
+            real, padded, new = pending.pop(0)
+            _record(out, t0, real, padded, info["train_loss"], new=new)
     def train(**kwargs): return trainer.train(**{**kwargs, "iterate_batches": counting, "training_callback": Report(), **({"loss": loss} if loss else {})})
     lora.train = train
     Path(cfg_path).with_suffix(".yaml").write_text(yaml.safe_dump(cfg))
