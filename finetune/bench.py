@@ -401,6 +401,13 @@ def _fwd_bwd(f, *xs, backward:bool=True, compile:bool=True):
     g = mx.compile(g) if compile else g
     return lambda: g(*xs)
 
+class _Siblings(nn.Module):
+    "Projections that read one input, called one after another on it as a block calls them (a fused LoRA group computes once): their outputs side by side."
+    def __init__(self, members:list):
+        super().__init__()
+        self.members = members
+    def __call__(self, x): return mx.concatenate([m(x) for m in self.members], -1)
+
 def _layer_fn(m, x, backward:bool):
     "A callable running layer `m` on `x`, forward (and backward: input and trainable-parameter gradients)."
     from mlx.utils import tree_flatten, tree_unflatten
@@ -473,7 +480,9 @@ def profile_step(config:dict, reps:int=5) -> dict:
         def both(name, make):  # one job for the adapted blocks (forward and backward), one for the rest (forward only)
             jobs.extend((name, k, make(bw)) for bw, k in ((True, n_ad), (False, n - n_ad)) if k)
         ins = dict(q_proj=H, k_proj=H, v_proj=H, o_proj=nh * hd, gate_proj=H, up_proj=H, down_proj=I)
-        for k, d in ins.items(): both("matmul (projections)", lambda bw, m=getattr(blk.self_attn if k[0] in "qkvo" else blk.mlp, k), d=d: _layer_fn(m, rnd(B, L, d), bw))
+        for names in (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",)):  # siblings of one input together, as a step runs them
+            ms = _Siblings([getattr(blk.self_attn if names[0][0] in "qkvo" else blk.mlp, k) for k in names])
+            both("matmul (projections)", lambda bw, ms=ms, d=ins[names[0]]: _layer_fn(ms, rnd(B, L, d), bw))
         q, kv = rnd(B, nh, L, hd), rnd(B, nkv, L, hd)
         fast = kernels_wanted()  # the attention and softmax the trainer runs: finetune's on the CPU, MLX's elsewhere
         sdpa = lambda q, k, v: (fast_attention(q, k, v, None, hd ** -0.5, "causal") if fast else mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5, mask="causal"))
