@@ -262,23 +262,32 @@ def decode_rope(x:mx.array, dims:int, *, traditional:bool, base, scale:float, of
 # %% ../nbs/02d_kernels.ipynb #effb7c5e
 SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("wq", "wk", "wv"), ("w1", "w3"))  # siblings a block feeds one input
 
-class _SharedA:
-    "LoRA layers that read one input: the first call computes `x @ [A_1 ... A_n]`, each layer takes its columns."
+class _Group:
+    "LoRA layers that read one input: the first of them to see an input computes for all, the others take their part."
     def __init__(self, members:list):
         self.members, self.local = members, threading.local()  # a product traced on one thread is no other thread's
+
+    def once(self, x:mx.array, ps:list, make):
+        "`make()`, computed once for all members while `x` and the arrays `ps` are those of the last call."
+        memo = getattr(self.local, "memo", None)
+        if memo is None or memo[0] is not x or any(a is not b for a, b in zip(memo[1], ps)):
+            memo = self.local.memo = [x, ps, make(), 0]
+        memo[3] += 1
+        if memo[3] == len(self.members): self.local.memo = None  # every layer took its part: hold no arrays past the block
+        return memo[2]
+
+class _SharedA(_Group):
+    "LoRA layers that read one input: the first call computes `x @ [A_1 ... A_n]`, each layer takes its columns."
+    def __init__(self, members:list):
+        super().__init__(members)
         ends = list(itertools.accumulate(m.lora_a.shape[1] for m in members))
         self.cols = {id(m): (e - m.lora_a.shape[1], e) for m, e in zip(members, ends)}
 
     def z(self, m, x:mx.array) -> mx.array:
         "`x @ m.lora_a`, from the group's product when `x` and the `A`s are those of the last one."
         As = [p.lora_a for p in self.members]
-        memo = getattr(self.local, "memo", None)
-        if memo is None or memo[0] is not x or any(a is not b for a, b in zip(memo[1], As)):
-            memo = self.local.memo = [x, As, x @ mx.concatenate(As, axis=1), 0]
-        memo[3] += 1
-        if memo[3] == len(self.members): self.local.memo = None  # every layer took its columns: hold no arrays past the block
         a, b = self.cols[id(m)]
-        return memo[2][..., a:b]
+        return self.once(x, As, lambda: x @ mx.concatenate(As, axis=1))[..., a:b]
 
 class _GroupedLoRA(LoRALinear):
     "mlx-lm's `LoRALinear` in a `_SharedA` group: the same output, its input product shared and its addition one `addmm`."
@@ -318,22 +327,17 @@ def _fused_lora(scales:tuple):
         return (dx.reshape(x.shape), *[mx.zeros_like(W) for W in Ws], *dA, *dB)  # frozen weights: a zero never computed
     return f
 
-class _Fused:
+class _Fused(_Group):
     "LoRA layers on plain projections that read one input (or one alone): the first call computes every layer's output in `_fused_lora`."
     def __init__(self, members:list):
-        self.members, self.local = members, threading.local()  # a product traced on one thread is no other thread's
+        super().__init__(members)
         self.fn, self.index = _fused_lora(tuple(float(m.scale) for m in members)), {id(m): i for i, m in enumerate(members)}
 
     def y(self, m, x:mx.array) -> mx.array|None:
         "Layer `m`'s output before its bias, from the group's call when `x` and the weights are those of the last one; None for mixed dtypes."
         ps = [q.linear.weight for q in self.members] + [q.lora_a for q in self.members] + [q.lora_b for q in self.members]
         if any(p.dtype != x.dtype for p in ps): return None
-        memo = getattr(self.local, "memo", None)
-        if memo is None or memo[0] is not x or any(a is not b for a, b in zip(memo[1], ps)):
-            memo = self.local.memo = [x, ps, self.fn(x, *ps), 0]
-        memo[3] += 1
-        if memo[3] == len(self.members): self.local.memo = None  # every layer took its output: hold no arrays past the block
-        return memo[2][self.index[id(m)]]
+        return self.once(x, ps, lambda: self.fn(x, *ps))[self.index[id(m)]]
 
 class _FusedLoRA(LoRALinear):
     "mlx-lm's `LoRALinear` in a `_Fused` group: the same output and gradients, in fewer and faster thin products."
