@@ -277,6 +277,7 @@ class JobRunner:
                  stop_timeout:float=60.0):  # Seconds `shutdown` waits for a worker to checkpoint before killing it
         self.store, self.roots, self.limits, self.poll, self.stop_timeout = store or JobStore(), roots or Roots(), limits, poll, stop_timeout
         self.proc, self.current, self.lock, self.closed = None, None, None, threading.Event()
+        self._lead()  # here, not first in the thread: of two runners made one after the other, the first leads
         self.thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
         self.thread.start()
 
