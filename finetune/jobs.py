@@ -277,7 +277,8 @@ class JobRunner:
                  stop_timeout:float=60.0):  # Seconds `shutdown` waits for a worker to checkpoint before killing it
         self.store, self.roots, self.limits, self.poll, self.stop_timeout = store or JobStore(), roots or Roots(), limits, poll, stop_timeout
         self.proc, self.current, self.lock, self.closed = None, None, None, threading.Event()
-        self._lead()  # here, not first in the thread: of two runners made one after the other, the first leads
+        try: self._lead()  # here, not first in the thread: of two runners made one after the other, the first leads
+        except Exception as e: print(f"finetune: the job runner: {explain(e)}", file=sys.stderr)  # as in the loop, which tries again
         self.thread = threading.Thread(target=self._loop, name="jobs", daemon=True)
         self.thread.start()
 
