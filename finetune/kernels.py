@@ -349,7 +349,7 @@ class _FusedLoRA(LoRALinear):
 _lora_lock = threading.Lock()  # one user at a time regroups a model
 
 def _groupable(m) -> bool: return type(m) is LoRALinear and getattr(m.dropout, "_p_1", 0.0) == 1.0  # no dropout: one x for all
-def _plain(m) -> bool: return type(m.linear) is nn.Linear  # a frozen matrix (not quantized) under the adapter
+def _plain(m) -> bool: return type(m.linear) is nn.Linear and "weight" not in m.linear.trainable_parameters()  # a frozen matrix, not quantized
 
 def lora_groups(model) -> list[list]:
     "Lists of sibling LoRA layers (`SHARED_INPUTS`) that read the same input, two or more with the same input size."
@@ -371,7 +371,7 @@ def shared_lora(model, enabled:bool=True):
             if all(map(_plain, ms)):
                 fused = _Fused(ms)
                 for m in ms: m.__class__, m._fused = _FusedLoRA, fused
-            else:  # a quantized projection among them: the shared input product alone
+            else:  # a quantized (or trainable) projection among them: the shared input product alone
                 shared = _SharedA(ms)
                 for m in ms: m.__class__, m._shared = _GroupedLoRA, shared
     try: yield groups
